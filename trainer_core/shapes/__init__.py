@@ -1,0 +1,1 @@
+"""The built-in shapes world: grammar, renderer, detector, scores, prompt sets, base model."""

@@ -1,0 +1,1 @@
+"""Storage of V-GRPO Studio: the database and the file store under one data directory."""

@@ -1,0 +1,183 @@
+"""`vgrpo`: the command line of V-GRPO Studio.
+
+    vgrpo sample --model shapes-base --prompt "two red circles" --seeds 0-7 --out grid.png
+    vgrpo eval --model shapes-base (--prompt-set heldout | --prompts-file FILE) --seeds 4 --out eval.json
+    vgrpo pretrain-shapes --out DIR [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Nothing is ever fetched from a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-7', '3', '0,2,5' or '0-3,8' to a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise CliError(f"--seeds: expected a list like 0-7 or 0,3,5, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise CliError(f"--seeds: seeds must be non-negative, got {text!r}")
+    return seeds
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="shapes-base", help="built-in name or local diffusers directory")
+    parser.add_argument("--lora", type=Path, help="LoRA adapter (.safetensors) to apply to the denoiser")
+    parser.add_argument("--steps", type=int, default=12, help="ODE solver steps (default 12)")
+    parser.add_argument("--solver", default="heun", help="euler | heun | dpmpp_2m (default heun)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vgrpo", description="V-GRPO Studio command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sample = commands.add_parser("sample", help="draw a grid of images (rows: prompts, columns: seeds)")
+    _sampling_args(sample)
+    sample.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for more rows")
+    sample.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-7 or 0,3,5 (default 0-7)")
+    sample.add_argument("--scale", type=int, default=4, help="upscale factor of the saved grid (default 4)")
+    sample.add_argument("--out", type=Path, default=Path("grid.png"))
+
+    evaluate = commands.add_parser("eval", help="GenEval-style accuracy on a prompt set")
+    _sampling_args(evaluate)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt-set", choices=["heldout"], help="a built-in prompt set")
+    source.add_argument("--prompts-file", type=Path, help="one grammar prompt per line")
+    evaluate.add_argument("--seeds", type=int, default=4, help="seeds per prompt: 0..N-1 (default 4)")
+    evaluate.add_argument("--out", type=Path, help="write the result as JSON here")
+
+    pretrain = commands.add_parser("pretrain-shapes", help="train the built-in shapes base model from scratch")
+    pretrain.add_argument("--out", type=Path, required=True, help="pipeline directory to write")
+    pretrain.add_argument("--steps", type=int, help="optimiser steps (default from PretrainConfig)")
+    pretrain.add_argument("--batch-size", type=int)
+    pretrain.add_argument("--seed", type=int)
+    pretrain.add_argument("--snapshot-every", type=int, help="also save step_N/ snapshots")
+    return parser
+
+
+def _load(args: argparse.Namespace):  # -> ShapesPipeline
+    from trainer_core.lora import load_lora
+    from trainer_core.model_zoo import load_shapes_pipeline
+
+    pipe = load_shapes_pipeline(args.model, args.device)
+    if args.lora is not None:
+        load_lora(pipe.transformer, args.lora)
+    return pipe
+
+
+def _sampling(args: argparse.Namespace):  # -> SamplingConfig
+    from trainer_core.shapes.evaluation import SamplingConfig
+
+    return SamplingConfig(
+        steps=args.steps, solver=args.solver, guidance_scale=args.guidance, batch_size=args.batch_size
+    )
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from trainer_core.image_grid import save_grid
+    from trainer_core.shapes.evaluation import generate_images
+
+    seeds = parse_seeds(args.seeds)
+    sampling = _sampling(args)
+    pipe = _load(args)
+    started = time.monotonic()
+    prompts = [p for p in args.prompt for _ in seeds]
+    images = generate_images(pipe, prompts, seeds * len(args.prompt), sampling)
+    elapsed = time.monotonic() - started
+    save_grid(images, rows=len(args.prompt), out=args.out, scale=args.scale, row_labels=args.prompt)
+    print(f"{len(images)} images in {elapsed:.1f}s ({len(images) / elapsed:.1f} img/s) -> {args.out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from trainer_core.shapes.evaluation import evaluate, format_table
+    from trainer_core.shapes.prompt_sets import load_heldout, read_prompts_file
+
+    specs = load_heldout() if args.prompt_set else read_prompts_file(args.prompts_file)
+    if args.seeds < 1:
+        raise CliError(f"--seeds: must be at least 1, got {args.seeds}")
+    sampling = _sampling(args)
+    pipe = _load(args)
+    with tqdm(total=len(specs) * args.seeds, desc="eval", unit="img") as bar:
+        result = evaluate(pipe, specs, args.seeds, sampling, on_progress=lambda done, _: bar.update(done - bar.n))
+    print(format_table(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            **result.to_json(),
+            "model": args.model,
+            "lora": str(args.lora) if args.lora else None,
+            "sampling": {"steps": args.steps, "solver": args.solver, "guidance_scale": args.guidance},
+        }
+        args.out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.out}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from trainer_core.shapes.pretrain import PretrainConfig, pretrain_shapes
+
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "snapshot_every": args.snapshot_every,
+        }.items()
+        if v is not None
+    }
+    config = dataclasses.replace(PretrainConfig(), **overrides)
+    pretrain_shapes(config, args.out)
+    print(f"saved the shapes pipeline to {args.out}")
+
+
+COMMANDS = {"sample": cmd_sample, "eval": cmd_eval, "pretrain-shapes": cmd_pretrain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (CliError, ValueError, FileNotFoundError) as error:
+        print(f"vgrpo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The committed `shapes-base` model: offline loading, size, and what it draws."""
+
+import json
+
+import pytest
+import torch
+
+from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, load_shapes_pipeline, resolve_model
+from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
+from trainer_core.shapes.grammar import COLORS, SHAPES, ObjectGroup, SceneSpec
+from trainer_core.shapes.pipeline import seeded_noise
+
+MAX_BYTES = 25 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_shapes_pipeline("shapes-base")
+
+
+def test_committed_weights_are_safetensors_within_budget():
+    root = BUILTIN_MODELS["shapes-base"]
+    index = json.loads((root / "model_index.json").read_text())
+    assert index["_class_name"] == "ShapesPipeline"
+    assert index["transformer"] == ["diffusers", "SD3Transformer2DModel"]
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_BYTES
+    weights = [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".safetensors")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+
+
+def test_loads_offline_in_eval_mode(pipe):
+    assert pipe.resolution == 32
+    assert not any(p.requires_grad for p in pipe.transformer.parameters())
+    assert not pipe.transformer.training
+
+
+def test_unknown_models_get_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="model: 'sd-99' is not a built-in model"):
+        resolve_model("sd-99")
+    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="model: empty"):
+        resolve_model(" ")
+
+
+def test_single_object_colour_and_shape_on_a_fixed_subset(pipe):
+    specs = [SceneSpec((ObjectGroup(1, shape, color),)) for color in COLORS for shape in SHAPES]
+    result = evaluate(pipe, specs, n_seeds=2, sampling=SamplingConfig(steps=12, solver="heun"))
+    assert result.n_images == 36
+    assert result.accuracy["single"] >= 0.8
+
+
+def test_generation_is_deterministic_and_independent_of_batching(pipe):
+    sampling = SamplingConfig(steps=6, solver="euler", batch_size=3)
+    prompts = ["a red circle", "two blue squares", "a green triangle left of a yellow circle"]
+    together = generate_images(pipe, prompts, [0, 1, 2], sampling)
+    alone = generate_images(pipe, prompts[1:2], [1], sampling)
+    assert together.shape == (3, 32, 32, 3)
+    assert abs(together[1].astype(int) - alone[0].astype(int)).max() <= 1
+
+
+def test_heun_at_8_steps_is_close_to_euler_at_64(pipe):
+    prompts = ["a red circle", "three blue squares", "a purple triangle above an orange square"] * 2
+    noise = seeded_noise(list(range(6)), 32)
+    reference = pipe.generate(prompts, noise, 64, "euler")
+    coarse = {name: pipe.generate(prompts, noise, 8, name) for name in ("euler", "heun", "dpmpp_2m")}
+    error = {name: float((image - reference).abs().mean()) for name, image in coarse.items()}
+    assert error["heun"] < 0.05
+    assert error["dpmpp_2m"] < 0.05
+    assert error["heun"] < error["euler"]
+    fine = pipe.generate(prompts, noise, 32, "heun")
+    assert float((fine - reference).abs().mean()) < error["heun"]
+    assert torch.isfinite(reference).all()

@@ -1,0 +1,75 @@
+"""The `vgrpo` command line, run as a user would run it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import CliError, main, parse_seeds
+
+
+def vgrpo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "studio.cli", *args], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_seed_lists():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5") == [5]
+    assert parse_seeds("0,2-3,9") == [0, 2, 3, 9]
+    with pytest.raises(CliError, match="--seeds"):
+        parse_seeds("3-1")
+    with pytest.raises(CliError, match="--seeds"):
+        parse_seeds("a-b")
+
+
+def test_eval_reports_the_bad_line_of_a_prompts_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\nthree dogs\n")
+    code = main(["eval", "--model", "shapes-base", "--prompts-file", str(prompts), "--seeds", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "prompts.txt:3" in err and "'three dogs'" in err and "not a shapes prompt" in err
+
+
+def test_eval_refuses_an_unknown_model(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    assert main(["eval", "--model", "nope", "--prompts-file", str(prompts)]) == 2
+    assert "model: 'nope' is not a built-in model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sample_writes_a_labelled_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    result = vgrpo(
+        "sample", "--prompt", "a red circle", "--prompt", "two blue squares",
+        "--seeds", "0-3", "--steps", "4", "--solver", "euler", "--scale", "2", "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    # 2 rows x 4 columns of 64 px tiles with 2 px padding, plus a label column.
+    assert grid.shape[0] == 2 * 66 + 2
+    assert grid.shape[1] > 4 * 66 + 2
+    assert "8 images" in result.stdout
+
+
+@pytest.mark.slow
+def test_eval_writes_the_documented_json(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\ntwo green triangles\na red circle left of a blue square\n")
+    out = tmp_path / "eval.json"
+    result = vgrpo("eval", "--prompts-file", str(prompts), "--seeds", "2", "--steps", "6", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["n_prompts"] == 4 and data["n_images"] == 8
+    assert set(data["accuracy"]) == {"overall", "single", "count", "position"}
+    assert set(data["reward_mean"]) == {"geneval", "partial", "count", "color", "position"}
+    assert all(0 <= v <= 1 for v in data["accuracy"].values())
+    per_category = [data["accuracy"][c] for c in ("single", "count", "position")]
+    assert data["accuracy"]["overall"] == pytest.approx(sum(per_category) / 3)
+    assert "overall" in result.stdout

@@ -1,0 +1,73 @@
+import random
+
+import numpy as np
+import pytest
+
+from trainer_core.shapes.detect import detect_objects
+from trainer_core.shapes.grammar import parse_prompt, sample_spec
+from trainer_core.shapes.render import PlacedObject, render_scene, render_spec
+from trainer_core.shapes.scoring import relation_holds, score_image
+
+
+def _agreement(n: int, resolution: int, seed: int) -> float:
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(n):
+        spec = sample_spec(rng, allow_unseen=True)
+        image, placed = render_spec(spec, rng, resolution)
+        detected = detect_objects(image)
+        same_objects = sorted((o.shape, o.color) for o in detected) == sorted((o.shape, o.color) for o in placed)
+        hits += same_objects and score_image(image, spec)["geneval"] == 1.0
+    return hits / n
+
+
+def test_detector_agrees_with_ground_truth_on_2000_fresh_scenes():
+    assert _agreement(2000, 32, seed=12345) >= 0.98
+
+
+@pytest.mark.slow
+def test_detector_agrees_at_64_pixels():
+    assert _agreement(400, 64, seed=7) >= 0.98
+
+
+def test_render_is_deterministic_in_the_seed_and_anti_aliased():
+    spec = parse_prompt("two red circles left of a blue square")
+    a, _ = render_spec(spec, random.Random(3), 32)
+    b, _ = render_spec(spec, random.Random(3), 32)
+    c, _ = render_spec(spec, random.Random(4), 32)
+    assert a.dtype == np.uint8 and a.shape == (32, 32, 3)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # Anti-aliasing: many more distinct colours than background + 3 shapes.
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 10
+
+
+def test_layout_respects_relations_and_does_not_overlap():
+    rng = random.Random(5)
+    for _ in range(300):
+        spec = sample_spec(rng, "position")
+        _, placed = render_spec(spec, rng, 32)
+        first = [o for o in placed if spec.groups[0].matches(o.shape, o.color)]
+        second = [o for o in placed if spec.groups[1].matches(o.shape, o.color)]
+        assert len(first) == spec.groups[0].count and len(second) == spec.groups[1].count
+        assert all(relation_holds(spec.relation, a, b) for a in first for b in second)
+        for i, a in enumerate(placed):
+            for b in placed[i + 1 :]:
+                assert np.hypot(a.x - b.x, a.y - b.y) > a.half_size + b.half_size * 0.9
+
+
+def test_detector_reads_shape_colour_and_centroid_of_a_hand_placed_scene():
+    objects = [
+        PlacedObject("triangle", "green", x=8.0, y=9.0, half_size=4.5),
+        PlacedObject("square", "purple", x=24.0, y=8.0, half_size=4.0),
+        PlacedObject("circle", "orange", x=16.0, y=24.0, half_size=5.0),
+    ]
+    detected = detect_objects(render_scene(objects, 32, (230, 230, 230)))
+    assert [(o.shape, o.color) for o in detected] == [("square", "purple"), ("triangle", "green"), ("circle", "orange")]
+    circle = detected[2]
+    assert abs(circle.x - 16.0) < 0.3 and abs(circle.y - 24.0) < 0.3
+    # The triangle's centroid sits below its box centre (apex up).
+    assert detected[1].y > 9.0
+
+
+def test_blank_image_has_no_objects():
+    assert detect_objects(np.full((32, 32, 3), 228, np.uint8)) == []

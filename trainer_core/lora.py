@@ -1,0 +1,112 @@
+"""LoRA adapters on a denoiser, saved as one self-describing safetensors file.
+
+The file holds peft's tensors (`...lora_A.weight`, `...lora_B.weight`, no
+adapter name) and, in the safetensors metadata, everything needed to rebuild
+the adapter: rank, alpha, dropout and target modules. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+LORA_FORMAT = "vgrpo-lora/1"
+ADAPTER_NAME = "default"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The shape of a LoRA adapter.
+
+    rank: LoRA rank r (paper, SD3.5-M: 32).
+    alpha: scaling numerator; the update is (alpha / r) * B A (paper: 64).
+    dropout: dropout on the LoRA input (0.0).
+    target_modules: module names (suffixes) to adapt (attention projections).
+    """
+
+    rank: int = 32
+    alpha: float = 64.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank: must be at least 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha: must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules: must name at least one module")
+
+    def peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            init_lora_weights=True,  # B = 0: the adapted model starts as the base model
+        )
+
+
+def add_lora(model: torch.nn.Module, spec: LoraSpec) -> None:
+    """Inject a fresh adapter; afterwards only LoRA parameters require grad."""
+    model.add_adapter(spec.peft_config(), adapter_name=ADAPTER_NAME)
+
+
+def save_lora(model: torch.nn.Module, spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's adapter to `path` (.safetensors), atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
+    header = {
+        "format": LORA_FORMAT,
+        "rank": str(spec.rank),
+        "alpha": str(spec.alpha),
+        "dropout": str(spec.dropout),
+        "target_modules": json.dumps(list(spec.target_modules)),
+        **(metadata or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    save_file(state, str(partial), metadata=header)
+    partial.replace(path)
+
+
+def read_lora(path: Path) -> tuple[LoraSpec, dict[str, torch.Tensor], dict[str, str]]:
+    """(spec, tensors, metadata) of a LoRA file; raises ValueError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lora: {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except Exception as error:  # safetensors raises its own error types
+        raise ValueError(f"lora: {path} is not a safetensors file ({error})") from None
+    if metadata.get("format") != LORA_FORMAT:
+        raise ValueError(f"lora: {path} is not a V-GRPO Studio LoRA (metadata format {metadata.get('format')!r})")
+    spec = LoraSpec(
+        rank=int(metadata["rank"]),
+        alpha=float(metadata["alpha"]),
+        dropout=float(metadata["dropout"]),
+        target_modules=tuple(json.loads(metadata["target_modules"])),
+    )
+    return spec, tensors, metadata
+
+
+def load_lora(model: torch.nn.Module, path: Path) -> LoraSpec:
+    """Add the adapter stored at `path` to `model` and load its weights."""
+    spec, tensors, _ = read_lora(path)
+    add_lora(model, spec)
+    result = set_peft_model_state_dict(model, tensors, adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"lora: {path} has tensors this model lacks, e.g. {unexpected[0]}")
+    return spec

@@ -1,0 +1,201 @@
+"""The built-in base model: a tiny SD3-style rectified-flow pipeline over pixels.
+
+Components, all stock diffusers / transformers classes so the code that drives
+this model also drives SD3 and FLUX:
+
+- `transformer`: `SD3Transformer2DModel` (MMDiT) predicting velocity v ~ eps - x0
+  on 3-channel pixels (no VAE);
+- `text_encoder`: `CLIPTextModel` (hidden states for joint attention, pooled
+  output for the timestep embedding);
+- `tokenizer`: a word-level `PreTrainedTokenizerFast` over the grammar's words;
+- `scheduler`: `FlowMatchEulerDiscreteScheduler`, whose `shift` is the sigma
+  grid's time shift.
+
+Saved and loaded with diffusers' `save_pretrained` / `from_pretrained` as a
+directory with `model_index.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from trainer_core.samplers import solve
+from trainer_core.shapes.grammar import vocabulary
+
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+
+
+@dataclass(frozen=True)
+class ShapesModelConfig:
+    """Architecture of the built-in shapes model.
+
+    resolution: image side in pixels (32).
+    patch_size: MMDiT patch size; 4 gives 64 image tokens at 32 px (4).
+    num_layers: MMDiT blocks (6).
+    num_heads / head_dim: attention heads and their width; hidden = heads * head_dim (4 / 32).
+    text_dim: width of the text encoder (64).
+    text_layers: text encoder layers (2).
+    max_tokens: prompt length after padding, BOS and EOS included (16).
+    shift: time shift of the sampling sigma grid, as SD3's `shift` (1.0: none).
+    """
+
+    resolution: int = 32
+    patch_size: int = 4
+    num_layers: int = 6
+    num_heads: int = 4
+    head_dim: int = 32
+    text_dim: int = 64
+    text_layers: int = 2
+    max_tokens: int = 16
+    shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.resolution % self.patch_size:
+            raise ValueError(f"resolution: must be a multiple of patch_size {self.patch_size}, got {self.resolution}")
+        for name in ("num_layers", "num_heads", "head_dim", "text_dim", "text_layers", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.shift <= 0:
+            raise ValueError(f"shift: must be positive, got {self.shift}")
+
+
+def build_tokenizer(max_tokens: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the grammar's vocabulary: `[BOS] words [EOS] [PAD]...`."""
+    vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, EOS, *vocabulary()])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    from tokenizers.processors import TemplateProcessing
+
+    core.post_processor = TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        model_max_length=max_tokens,
+    )
+
+
+class ShapesPipeline(DiffusionPipeline):
+    """Rectified-flow text-to-image pipeline of the shapes world (pixels in [-1, 1])."""
+
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def __init__(
+        self,
+        transformer: SD3Transformer2DModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerFast,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.transformer.config.sample_size)
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states [B, L, D] and pooled embedding [B, D] for lower-case grammar prompts."""
+        tokens = self.tokenizer(
+            [p.lower() for p in prompts],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        out = self.text_encoder(input_ids=tokens.input_ids.to(self.text_encoder.device))
+        return out.last_hidden_state, out.pooler_output
+
+    def velocity(self, z: torch.Tensor, t: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise)."""
+        return self.transformer(
+            hidden_states=z, encoder_hidden_states=states, pooled_projections=pooled, timestep=t * 1000
+        ).sample
+
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        noise: torch.Tensor,
+        steps: int = 12,
+        solver: str = "heun",
+        guidance_scale: float = 1.0,
+    ) -> torch.Tensor:
+        """Images in [-1, 1], [B, 3, H, W], from noise [B, 3, H, W] with a deterministic ODE solver.
+
+        `guidance_scale` > 1 applies classifier-free guidance against the empty prompt.
+        """
+        states, pooled = self.encode_prompt(prompts)
+        if guidance_scale != 1.0:
+            null_states, null_pooled = self.encode_prompt([""])
+            states = torch.cat([null_states.expand_as(states), states])
+            pooled = torch.cat([null_pooled.expand_as(pooled), pooled])
+
+        def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if guidance_scale == 1.0:
+                return self.velocity(z, t, states, pooled)
+            v_null, v_cond = self.velocity(torch.cat([z, z]), torch.cat([t, t]), states, pooled).chunk(2)
+            return v_null + guidance_scale * (v_cond - v_null)
+
+        shift = float(self.scheduler.config.get("shift", 1.0))
+        return solve(velocity, noise.to(self.transformer.device, self.transformer.dtype), steps, solver, shift)
+
+
+def seeded_noise(seeds: list[int], resolution: int, channels: int = 3) -> torch.Tensor:
+    """One standard normal [C, H, W] per seed, independent of batch composition: [B, C, H, W]."""
+    return torch.stack(
+        [torch.randn(channels, resolution, resolution, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] to uint8 [B, H, W, 3]."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def build_shapes_pipeline(config: ShapesModelConfig, seed: int = 0) -> ShapesPipeline:
+    """A randomly initialised shapes pipeline (deterministic in `seed`)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(config.max_tokens)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_dim,
+            intermediate_size=4 * config.text_dim,
+            projection_dim=config.text_dim,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=max(1, config.text_dim // 32),
+            max_position_embeddings=config.max_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    hidden = config.num_heads * config.head_dim
+    transformer = SD3Transformer2DModel(
+        sample_size=config.resolution,
+        patch_size=config.patch_size,
+        in_channels=3,
+        out_channels=3,
+        num_layers=config.num_layers,
+        attention_head_dim=config.head_dim,
+        num_attention_heads=config.num_heads,
+        joint_attention_dim=config.text_dim,
+        caption_projection_dim=hidden,
+        pooled_projection_dim=config.text_dim,
+        pos_embed_max_size=config.resolution // config.patch_size,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
+    return ShapesPipeline(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

@@ -1,0 +1,1 @@
+"""The Gradio user interface of V-GRPO Studio: one module per tab, talking only to `studio`."""
