@@ -1,8 +1,8 @@
 """`vgrpo`: the command line of V-GRPO Studio.
 
-    vgrpo sample --model shapes-base --prompt "two red circles" --seeds 0-7 --out grid.png
-    vgrpo eval --model shapes-base (--prompt-set heldout | --prompts-file FILE) --seeds 4 --out eval.json
-    vgrpo pretrain-shapes --out DIR [--steps N]
+vgrpo sample --model shapes-base --prompt "two red circles" --seeds 0-7 --out grid.png
+vgrpo eval --model shapes-base (--prompt-set heldout | --prompts-file FILE) --seeds 4 --out eval.json
+vgrpo pretrain-shapes --out DIR [--steps N]
 """
 
 from __future__ import annotations

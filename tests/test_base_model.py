@@ -36,9 +36,9 @@ def test_loads_offline_in_eval_mode(pipe):
 
 
 def test_unknown_models_get_a_clear_error(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="model: 'sd-99' is not a built-in model"):
+    with pytest.raises(ModelNotFoundError, match=r"model: 'sd-99' is not a built-in model"):
         resolve_model("sd-99")
-    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+    with pytest.raises(ModelNotFoundError, match=r"model_index\.json"):
         resolve_model(str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="model: empty"):
         resolve_model(" ")

@@ -47,8 +47,21 @@ def test_eval_refuses_an_unknown_model(tmp_path, capsys):
 def test_sample_writes_a_labelled_grid(tmp_path):
     out = tmp_path / "grid.png"
     result = vgrpo(
-        "sample", "--prompt", "a red circle", "--prompt", "two blue squares",
-        "--seeds", "0-3", "--steps", "4", "--solver", "euler", "--scale", "2", "--out", str(out),
+        "sample",
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "two blue squares",
+        "--seeds",
+        "0-3",
+        "--steps",
+        "4",
+        "--solver",
+        "euler",
+        "--scale",
+        "2",
+        "--out",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     grid = np.asarray(Image.open(out).convert("RGB"))

@@ -43,9 +43,9 @@ def test_files_that_are_not_loras_are_refused(tmp_path):
     pipe = build_shapes_pipeline(TINY)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a tensor file")
-    with pytest.raises(ValueError, match="lora: .* is not a safetensors file"):
+    with pytest.raises(ValueError, match=r"lora: .* is not a safetensors file"):
         load_lora(pipe.transformer, junk)
-    with pytest.raises(FileNotFoundError, match="lora: .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"lora: .* does not exist"):
         load_lora(pipe.transformer, tmp_path / "missing.safetensors")
 
 

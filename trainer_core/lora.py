@@ -63,7 +63,9 @@ def add_lora(model: torch.nn.Module, spec: LoraSpec) -> None:
 
 def save_lora(model: torch.nn.Module, spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write the model's adapter to `path` (.safetensors), atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
+    state = {
+        k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()
+    }
     header = {
         "format": LORA_FORMAT,
         "rank": str(spec.rank),

@@ -13,6 +13,7 @@ velocity function and a sigma grid and runs under `torch.no_grad`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -41,7 +42,7 @@ def _at(t: float, z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def euler(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     z = noise
-    for t, t_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+    for t, t_next in itertools.pairwise(sigmas.tolist()):
         z = z + (t_next - t) * velocity(z, _at(t, z))
     return z
 
@@ -49,10 +50,10 @@ def euler(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor) -> to
 @torch.no_grad()
 def heun(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     z = noise
-    for t, t_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+    for t, t_next in itertools.pairwise(sigmas.tolist()):
         v = velocity(z, _at(t, z))
         z_euler = z + (t_next - t) * v
-        if t_next == 0:
+        if t_next == 0:  # the final step is plain Euler, as in Karras et al. (2022): one call fewer
             z = z_euler
         else:
             z = z + (t_next - t) * 0.5 * (v + velocity(z_euler, _at(t_next, z)))
@@ -70,7 +71,7 @@ def dpmpp_2m(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor) ->
     previous_x0: torch.Tensor | None = None
     previous_h = math.inf
     times = sigmas.tolist()
-    for t, t_next in zip(times[:-1], times[1:], strict=True):
+    for t, t_next in itertools.pairwise(times):
         x0 = z - t * velocity(z, _at(t, z))
         if t_next == 0:
             return x0  # lower order at the end: the data prediction is the answer

@@ -84,7 +84,7 @@ def detect_objects(image: np.ndarray) -> list[DetectedObject]:
     min_area = MIN_AREA_AT_32 * (image.shape[0] / 32) ** 2
     objects: list[DetectedObject] = []
     for ci, color in enumerate(_PALETTE_NAMES):
-        components, n = ndimage.label(foreground & (labels == ci), structure=_EIGHT_CONNECTED)
+        components, _ = ndimage.label(foreground & (labels == ci), structure=_EIGHT_CONNECTED)
         for index, box in enumerate(ndimage.find_objects(components), start=1):
             mask = components[box] == index
             area = int(mask.sum())

@@ -125,5 +125,7 @@ def format_table(result: EvalResult) -> str:
     rows += [("", "")] + [(f"mean {k}", f"{v:.3f}") for k, v in result.reward_mean.items()]
     width = max(len(r[0]) for r in rows)
     lines = [f"{a:<{width}}  {b}" for a, b in rows]
-    lines.append(f"{result.n_prompts} prompts x {result.n_images // max(1, result.n_prompts)} seeds, {result.seconds:.1f}s")
+    lines.append(
+        f"{result.n_prompts} prompts x {result.n_images // max(1, result.n_prompts)} seeds, {result.seconds:.1f}s"
+    )
     return "\n".join(lines)

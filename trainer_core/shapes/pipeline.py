@@ -98,7 +98,9 @@ class ShapesPipeline(DiffusionPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
     ) -> None:
         super().__init__()
-        self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_modules(
+            transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+        )
 
     @property
     def resolution(self) -> int:
@@ -121,7 +123,6 @@ class ShapesPipeline(DiffusionPipeline):
         return self.transformer(
             hidden_states=z, encoder_hidden_states=states, pooled_projections=pooled, timestep=t * 1000
         ).sample
-
 
     @torch.no_grad()
     def generate(

@@ -82,7 +82,9 @@ class RenderedScenes(IterableDataset):
             yield torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, prompt
 
 
-def flow_matching_loss(pipe: ShapesPipeline, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+def flow_matching_loss(
+    pipe: ShapesPipeline, images: torch.Tensor, prompts: list[str], generator: torch.Generator
+) -> torch.Tensor:
     """Velocity regression loss on one batch, t ~ logit-normal(0, 1)."""
     noise = torch.randn(images.shape, generator=generator)
     t = torch.sigmoid(torch.randn(images.shape[0], generator=generator))

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_core.shapes.grammar import (
-    CATEGORIES,
     COLORS,
     SHAPES,
     UNSEEN_COMBOS,
@@ -114,6 +113,3 @@ def train_prompts(n: int, seed: int) -> list[SceneSpec]:
     """`n` specs from the training distribution."""
     rng = random.Random(seed)
     return [sample_spec(rng) for _ in range(n)]
-
-
-__all__ = ["CATEGORIES", "PROMPT_SETS", "PromptFileError", "build_heldout", "load_heldout", "read_prompts_file"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer_core.shapes.grammar import COLORS, RELATIONS, SceneSpec
+from trainer_core.shapes.grammar import COLORS, SceneSpec
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -142,6 +142,3 @@ def render_spec(spec: SceneSpec, rng: random.Random, resolution: int = 32) -> tu
     objects = layout_scene(spec, rng, resolution)
     np_rng = np.random.default_rng(rng.getrandbits(32))
     return render_scene(objects, resolution, random_background(rng), np_rng), objects
-
-
-__all__ = ["PALETTE", "PlacedObject", "RELATIONS", "layout_scene", "render_scene", "render_spec"]
