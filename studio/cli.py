@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=int)
     pretrain.add_argument("--seed", type=int)
     pretrain.add_argument("--snapshot-every", type=int, help="also save step_N/ snapshots")
+    bench = commands.add_parser("bench", help="benchmarks (JSON plus a printed table)")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    sampling = benches.add_parser("sampling", help="images per second of deterministic ODE sampling")
+    sampling.add_argument("--model", default="shapes-base")
+    sampling.add_argument("--batch-size", type=int, default=64)
+    sampling.add_argument("--steps", type=int, default=12)
+    sampling.add_argument("--solvers", default="euler,heun,dpmpp_2m", help="comma-separated solver names")
+    sampling.add_argument("--repeats", type=int, default=3)
+    sampling.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    sampling.add_argument("--out", type=Path, default=Path("bench/results/sampling.json"))
     return parser
 
 
@@ -166,7 +176,27 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"saved the shapes pipeline to {args.out}")
 
 
-COMMANDS = {"sample": cmd_sample, "eval": cmd_eval, "pretrain-shapes": cmd_pretrain}
+def cmd_bench(args: argparse.Namespace) -> None:
+    from studio.bench import format_rows, sampling_throughput, write_report
+    from trainer_core.samplers import get_solver
+
+    solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]
+    for solver in solvers:
+        get_solver(solver)
+    if args.batch_size < 1 or args.steps < 1 or args.repeats < 1:
+        raise CliError("--batch-size, --steps, --repeats: must be at least 1")
+    report = sampling_throughput(args.model, args.batch_size, args.steps, solvers, args.repeats, args.device)
+    write_report(report, args.out)
+    print(f"sampling on {report['device']}")
+    print(
+        format_rows(
+            report["results"], ["solver", "steps", "nfe", "batch_size", "seconds_per_batch_mean", "images_per_s"]
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+COMMANDS = {"sample": cmd_sample, "eval": cmd_eval, "pretrain-shapes": cmd_pretrain, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
