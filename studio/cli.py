@@ -103,7 +103,7 @@ def _load(args: argparse.Namespace):  # -> ShapesPipeline
 
     pipe = load_shapes_pipeline(args.model, args.device)
     if args.lora is not None:
-        load_lora(pipe.transformer, args.lora)
+        load_lora(pipe.unet, args.lora)
     return pipe
 
 

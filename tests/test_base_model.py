@@ -22,7 +22,7 @@ def test_committed_weights_are_safetensors_within_budget():
     root = BUILTIN_MODELS["shapes-base"]
     index = json.loads((root / "model_index.json").read_text())
     assert index["_class_name"] == "ShapesPipeline"
-    assert index["transformer"] == ["diffusers", "SD3Transformer2DModel"]
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     files = [p for p in root.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= MAX_BYTES
     weights = [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".safetensors")]
@@ -31,8 +31,8 @@ def test_committed_weights_are_safetensors_within_budget():
 
 def test_loads_offline_in_eval_mode(pipe):
     assert pipe.resolution == 32
-    assert not any(p.requires_grad for p in pipe.transformer.parameters())
-    assert not pipe.transformer.training
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    assert not pipe.unet.training
 
 
 def test_unknown_models_get_a_clear_error(tmp_path):

@@ -4,7 +4,7 @@ import torch
 from trainer_core.lora import LoraSpec, add_lora, load_lora, read_lora, save_lora
 from trainer_core.shapes.pipeline import ShapesModelConfig, build_shapes_pipeline
 
-TINY = ShapesModelConfig(num_layers=1, num_heads=2, head_dim=8, text_dim=16, text_layers=1)
+TINY = ShapesModelConfig(channels=(8, 16), attention_levels=1, head_dim=8, text_dim=16, text_layers=1)
 
 
 def _velocity(pipe):
@@ -16,25 +16,25 @@ def _velocity(pipe):
 def test_lora_round_trip_reproduces_the_adapted_model(tmp_path):
     trained = build_shapes_pipeline(TINY, seed=1)
     spec = LoraSpec(rank=4, alpha=8)
-    add_lora(trained.transformer, spec)
-    trainable = [n for n, p in trained.transformer.named_parameters() if p.requires_grad]
+    add_lora(trained.unet, spec)
+    trainable = [n for n, p in trained.unet.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     with torch.no_grad():
         base_out = _velocity(trained)
-        for name, param in trained.transformer.named_parameters():
+        for name, param in trained.unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.2)
         adapted_out = _velocity(trained)
     assert (adapted_out - base_out).abs().max() > 1e-3
 
     path = tmp_path / "adapter.safetensors"
-    save_lora(trained.transformer, spec, path, metadata={"base_model": "tiny"})
+    save_lora(trained.unet, spec, path, metadata={"base_model": "tiny"})
     loaded_spec, tensors, metadata = read_lora(path)
     assert loaded_spec == spec and metadata["base_model"] == "tiny"
     assert all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in tensors)
 
     fresh = build_shapes_pipeline(TINY, seed=1)
-    load_lora(fresh.transformer, path)
+    load_lora(fresh.unet, path)
     with torch.no_grad():
         assert torch.allclose(_velocity(fresh), adapted_out, atol=1e-6)
 
@@ -44,9 +44,9 @@ def test_files_that_are_not_loras_are_refused(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a tensor file")
     with pytest.raises(ValueError, match=r"lora: .* is not a safetensors file"):
-        load_lora(pipe.transformer, junk)
+        load_lora(pipe.unet, junk)
     with pytest.raises(FileNotFoundError, match=r"lora: .* does not exist"):
-        load_lora(pipe.transformer, tmp_path / "missing.safetensors")
+        load_lora(pipe.unet, tmp_path / "missing.safetensors")
 
 
 def test_lora_spec_validates_its_fields():

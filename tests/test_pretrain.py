@@ -4,11 +4,11 @@ import torch
 from trainer_core.shapes.pipeline import ShapesModelConfig, ShapesPipeline
 from trainer_core.shapes.pretrain import PretrainConfig, pretrain_shapes
 
-TINY = ShapesModelConfig(num_layers=1, num_heads=2, head_dim=8, text_dim=16, text_layers=1)
+TINY = ShapesModelConfig(channels=(8, 16), attention_levels=1, head_dim=8, text_dim=16, text_layers=1)
 
 
 def _weights(pipe: ShapesPipeline) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
 
 
 def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tmp_path):
@@ -19,7 +19,7 @@ def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "step_3" / "model_index.json").is_file()
     loaded = ShapesPipeline.from_pretrained(tmp_path / "a", local_files_only=True)
-    assert all(torch.equal(loaded.transformer.state_dict()[k], a[k]) for k in a)
+    assert all(torch.equal(loaded.unet.state_dict()[k], a[k]) for k in a)
     assert "steps=6" in (tmp_path / "a" / "PRETRAIN.txt").read_text()
 
 
@@ -48,4 +48,6 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="ema_decay"):
         PretrainConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="resolution"):
-        ShapesModelConfig(resolution=30, patch_size=4)
+        ShapesModelConfig(resolution=30)
+    with pytest.raises(ValueError, match="attention_levels"):
+        ShapesModelConfig(attention_levels=5)

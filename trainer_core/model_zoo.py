@@ -55,6 +55,6 @@ def load_shapes_pipeline(name_or_path: str = "shapes-base", device: str | torch.
         raise ModelNotFoundError(f"model: {path} holds a {class_name}; this command needs a ShapesPipeline")
     pipe = ShapesPipeline.from_pretrained(path, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.transformer, pipe.text_encoder):
+    for module in (pipe.unet, pipe.text_encoder):
         module.eval().requires_grad_(False)
     return pipe.to(device)

@@ -1,12 +1,12 @@
 """The built-in base model: a tiny SD3-style rectified-flow pipeline over pixels.
 
-Components, all stock diffusers / transformers classes so the code that drives
-this model also drives SD3 and FLUX:
+Components, all stock diffusers / transformers classes as in SD1.5 and SD3:
 
-- `transformer`: `SD3Transformer2DModel` (MMDiT) predicting velocity v ~ eps - x0
-  on 3-channel pixels (no VAE);
-- `text_encoder`: `CLIPTextModel` (hidden states for joint attention, pooled
-  output for the timestep embedding);
+- `unet`: `UNet2DConditionModel` predicting velocity v ~ eps - x0 on
+  3-channel pixels (no VAE), with cross-attention to the prompt at the coarse
+  levels, where composition is decided;
+- `text_encoder`: `CLIPTextModel`, whose hidden states are the cross-attention
+  context;
 - `tokenizer`: a word-level `PreTrainedTokenizerFast` over the grammar's words;
 - `scheduler`: `FlowMatchEulerDiscreteScheduler`, whose `shift` is the sigma
   grid's time shift.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
@@ -36,29 +36,38 @@ class ShapesModelConfig:
     """Architecture of the built-in shapes model.
 
     resolution: image side in pixels (32).
-    patch_size: MMDiT patch size; 4 gives 64 image tokens at 32 px (4).
-    num_layers: MMDiT blocks (6).
-    num_heads / head_dim: attention heads and their width; hidden = heads * head_dim (4 / 32).
-    text_dim: width of the text encoder (64).
+    channels: UNet channels per level, from full resolution down (16, 32, 64, 128).
+    attention_levels: how many of the coarsest levels have cross-attention to the prompt (2).
+    layers_per_block: ResNet layers per level (1).
+    head_dim: attention head width (16).
+    text_dim: width of the text encoder and of the cross-attention context (64).
     text_layers: text encoder layers (2).
     max_tokens: prompt length after padding, BOS and EOS included (16).
     shift: time shift of the sampling sigma grid, as SD3's `shift` (1.0: none).
     """
 
     resolution: int = 32
-    patch_size: int = 4
-    num_layers: int = 6
-    num_heads: int = 4
-    head_dim: int = 32
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    attention_levels: int = 2
+    layers_per_block: int = 1
+    head_dim: int = 16
     text_dim: int = 64
     text_layers: int = 2
     max_tokens: int = 16
     shift: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.resolution % self.patch_size:
-            raise ValueError(f"resolution: must be a multiple of patch_size {self.patch_size}, got {self.resolution}")
-        for name in ("num_layers", "num_heads", "head_dim", "text_dim", "text_layers", "max_tokens"):
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if self.resolution % 2 ** (len(self.channels) - 1):
+            raise ValueError(
+                f"resolution: must be divisible by {2 ** (len(self.channels) - 1)} for {len(self.channels)} levels, "
+                f"got {self.resolution}"
+            )
+        if not 0 <= self.attention_levels <= len(self.channels):
+            raise ValueError(f"attention_levels: must be in [0, {len(self.channels)}], got {self.attention_levels}")
+        if any(c % 8 for c in self.channels):
+            raise ValueError(f"channels: each must be a multiple of 8 (group norm), got {self.channels}")
+        for name in ("layers_per_block", "head_dim", "text_dim", "text_layers", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
         if self.shift <= 0:
@@ -88,23 +97,21 @@ def build_tokenizer(max_tokens: int) -> PreTrainedTokenizerFast:
 class ShapesPipeline(DiffusionPipeline):
     """Rectified-flow text-to-image pipeline of the shapes world (pixels in [-1, 1])."""
 
-    model_cpu_offload_seq = "text_encoder->transformer"
+    model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(
         self,
-        transformer: SD3Transformer2DModel,
+        unet: UNet2DConditionModel,
         text_encoder: CLIPTextModel,
         tokenizer: PreTrainedTokenizerFast,
         scheduler: FlowMatchEulerDiscreteScheduler,
     ) -> None:
         super().__init__()
-        self.register_modules(
-            transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
-        )
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
     @property
     def resolution(self) -> int:
-        return int(self.transformer.config.sample_size)
+        return int(self.unet.config.sample_size)
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states [B, L, D] and pooled embedding [B, D] for lower-case grammar prompts."""
@@ -119,10 +126,8 @@ class ShapesPipeline(DiffusionPipeline):
         return out.last_hidden_state, out.pooler_output
 
     def velocity(self, z: torch.Tensor, t: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise)."""
-        return self.transformer(
-            hidden_states=z, encoder_hidden_states=states, pooled_projections=pooled, timestep=t * 1000
-        ).sample
+        """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise); `pooled` is unused here."""
+        return self.unet(z, t * 1000, encoder_hidden_states=states).sample
 
     @torch.no_grad()
     def generate(
@@ -150,7 +155,7 @@ class ShapesPipeline(DiffusionPipeline):
             return v_null + guidance_scale * (v_cond - v_null)
 
         shift = float(self.scheduler.config.get("shift", 1.0))
-        return solve(velocity, noise.to(self.transformer.device, self.transformer.dtype), steps, solver, shift)
+        return solve(velocity, noise.to(self.unet.device, self.unet.dtype), steps, solver, shift)
 
 
 def seeded_noise(seeds: list[int], resolution: int, channels: int = 3) -> torch.Tensor:
@@ -184,19 +189,19 @@ def build_shapes_pipeline(config: ShapesModelConfig, seed: int = 0) -> ShapesPip
             eos_token_id=tokenizer.eos_token_id,
         )
     )
-    hidden = config.num_heads * config.head_dim
-    transformer = SD3Transformer2DModel(
+    levels = len(config.channels)
+    plain = levels - config.attention_levels
+    unet = UNet2DConditionModel(
         sample_size=config.resolution,
-        patch_size=config.patch_size,
         in_channels=3,
         out_channels=3,
-        num_layers=config.num_layers,
+        block_out_channels=config.channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * config.attention_levels,
+        up_block_types=("CrossAttnUpBlock2D",) * config.attention_levels + ("UpBlock2D",) * plain,
+        cross_attention_dim=config.text_dim,
         attention_head_dim=config.head_dim,
-        num_attention_heads=config.num_heads,
-        joint_attention_dim=config.text_dim,
-        caption_projection_dim=hidden,
-        pooled_projection_dim=config.text_dim,
-        pos_embed_max_size=config.resolution // config.patch_size,
+        norm_num_groups=8,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
-    return ShapesPipeline(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+    return ShapesPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

@@ -31,10 +31,10 @@ class PretrainConfig:
     """Pretraining of the shapes base model.
 
     steps: optimiser steps (3000).
-    batch_size: scenes per step (64).
-    learning_rate: AdamW learning rate after warm-up (5e-4).
-    warmup_steps: linear warm-up (200).
-    ema_decay: decay of the saved exponential moving average of weights (0.999).
+    batch_size: scenes per step (32).
+    learning_rate: AdamW learning rate after warm-up (1e-3).
+    warmup_steps: linear warm-up (100).
+    ema_decay: decay of the saved exponential moving average of weights (0.995).
     prompt_dropout: probability of training on the empty prompt (0.1).
     grad_clip: max gradient norm (1.0).
     seed: seeds weights, data and noise (0).
@@ -43,10 +43,10 @@ class PretrainConfig:
     """
 
     steps: int = 3000
-    batch_size: int = 64
-    learning_rate: float = 5e-4
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
     prompt_dropout: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
@@ -99,8 +99,8 @@ def pretrain_shapes(config: PretrainConfig, out: Path, progress: bool = True) ->
     out.mkdir(parents=True, exist_ok=True)
     pipe = build_shapes_pipeline(config.model, seed=config.seed)
     ema = build_shapes_pipeline(config.model, seed=config.seed)
-    modules = [pipe.transformer, pipe.text_encoder]
-    ema_modules = [ema.transformer, ema.text_encoder]
+    modules = [pipe.unet, pipe.text_encoder]
+    ema_modules = [ema.unet, ema.text_encoder]
     for module, ema_module in zip(modules, ema_modules, strict=True):
         ema_module.load_state_dict(module.state_dict())
         ema_module.requires_grad_(False)
