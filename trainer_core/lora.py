@@ -107,8 +107,19 @@ def load_lora(model: torch.nn.Module, path: Path) -> LoraSpec:
     """Add the adapter stored at `path` to `model` and load its weights."""
     spec, tensors, _ = read_lora(path)
     add_lora(model, spec)
+    _set_weights(model, tensors, path)
+    return spec
+
+
+def load_lora_weights(model: torch.nn.Module, path: Path) -> LoraSpec:
+    """Overwrite the weights of the model's existing adapter (same shape) from `path`."""
+    spec, tensors, _ = read_lora(path)
+    _set_weights(model, tensors, path)
+    return spec
+
+
+def _set_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     result = set_peft_model_state_dict(model, tensors, adapter_name=ADAPTER_NAME)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ValueError(f"lora: {path} has tensors this model lacks, e.g. {unexpected[0]}")
-    return spec

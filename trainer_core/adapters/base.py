@@ -1,0 +1,166 @@
+"""The one interface every model family implements for the RL algorithms.
+
+An adapter owns a denoiser that predicts rectified-flow velocity in some
+latent space (pixels for the shapes model, VAE latents for SD3), the prompt
+encoder, and the decoder to images. The algorithms only ever call:
+
+    encode_prompts -> PromptEmbeddings
+    velocity(z, t, embeddings)          (x0 = z - t v follows)
+    sample(embeddings, noise, ...)      any registered ODE solver, no grad
+    decode(latents) -> uint8 images     for the rewards
+    add_lora / lora_parameters / save_lora / load_lora / lora_disabled
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer_core import lora
+from trainer_core.samplers import solve
+
+
+@dataclass
+class PromptEmbeddings:
+    """Per-prompt conditioning tensors, batch first. `extra` holds family-specific tensors."""
+
+    states: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor | None = None  # [B, D']
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def map(self, fn) -> PromptEmbeddings:  # noqa: ANN001 - fn: Tensor -> Tensor
+        return PromptEmbeddings(
+            fn(self.states),
+            None if self.pooled is None else fn(self.pooled),
+            {k: fn(v) for k, v in self.extra.items()},
+        )
+
+    def repeat_interleave(self, n: int) -> PromptEmbeddings:
+        """Each prompt's embedding n times in a row: one group of n images per prompt."""
+        return self.map(lambda x: x.repeat_interleave(n, dim=0))
+
+    def __getitem__(self, index: slice | torch.Tensor) -> PromptEmbeddings:
+        return self.map(lambda x: x[index])
+
+    @staticmethod
+    def cat(parts: list[PromptEmbeddings]) -> PromptEmbeddings:
+        first = parts[0]
+        return PromptEmbeddings(
+            torch.cat([p.states for p in parts]),
+            None if first.pooled is None else torch.cat([p.pooled for p in parts]),  # type: ignore[misc]
+            {k: torch.cat([p.extra[k] for p in parts]) for k in first.extra},
+        )
+
+
+class DenoiserAdapter(ABC):
+    """A text-to-image flow model as the RL algorithms see it."""
+
+    #: the trainable module that LoRA adapts
+    denoiser: torch.nn.Module
+    #: SD3-style time shift of the sampling grid
+    time_shift: float = 1.0
+    #: whether rollouts need classifier-free guidance by default
+    default_guidance: float = 1.0
+    lora_spec: lora.LoraSpec | None = None
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample in the space where the flow runs."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+        """Conditioning for a batch of prompts (no grad: text encoders stay frozen)."""
+
+    @abstractmethod
+    def velocity(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
+        """v_theta(z_t, t, c) for z [B, C, H, W], t [B] in [0, 1] (1 = noise)."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """uint8 images [B, H, W, 3] from latents [B, C, H, W]."""
+
+    def predict_x0(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
+        return z - t.view(-1, *([1] * (z.dim() - 1))) * self.velocity(z, t, embeddings)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        embeddings: PromptEmbeddings,
+        noise: torch.Tensor,
+        steps: int,
+        solver: str = "heun",
+        guidance_scale: float = 1.0,
+        null_embeddings: PromptEmbeddings | None = None,
+    ) -> torch.Tensor:
+        """Latents [B, C, H, W] at t = 0 from noise at t = 1, deterministic."""
+        if guidance_scale != 1.0:
+            if null_embeddings is None:
+                null_embeddings = self.encode_prompts([""]).map(lambda x: x.expand(len(embeddings), *x.shape[1:]))
+            both = PromptEmbeddings.cat([null_embeddings, embeddings])
+
+            def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                v_null, v_cond = self.velocity(torch.cat([z, z]), torch.cat([t, t]), both).chunk(2)
+                return v_null + guidance_scale * (v_cond - v_null)
+
+            return solve(guided, noise, steps, solver, self.time_shift)
+        return solve(lambda z, t: self.velocity(z, t, embeddings), noise, steps, solver, self.time_shift)
+
+    def noise(self, seeds: list[int]) -> torch.Tensor:
+        """Standard normal latents [B, C, H, W], one per seed, independent of the batch."""
+        return torch.stack(
+            [torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        ).to(self.device, self.dtype)
+
+    # --- LoRA ------------------------------------------------------------------------------
+
+    def add_lora(self, spec: lora.LoraSpec) -> None:
+        """Freeze the base weights and add a trainable adapter to the denoiser."""
+        self.denoiser.requires_grad_(False)
+        lora.add_lora(self.denoiser, spec)
+        self.lora_spec = spec
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.denoiser.named_parameters() if "lora_" in n and p.requires_grad]
+
+    def save_lora(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        if self.lora_spec is None:
+            raise RuntimeError("save_lora: this model has no LoRA adapter")
+        lora.save_lora(self.denoiser, self.lora_spec, path, metadata)
+
+    def load_lora(self, path: Path) -> None:
+        """Load an adapter file: into the existing adapter if there is one, else as a new one."""
+        if self.lora_spec is None:
+            self.denoiser.requires_grad_(False)
+            self.lora_spec = lora.load_lora(self.denoiser, path)
+        else:
+            lora.load_lora_weights(self.denoiser, path)
+
+    @contextlib.contextmanager
+    def lora_disabled(self) -> Iterator[None]:
+        """The base model, for reference passes (Flow-GRPO's KL)."""
+        if self.lora_spec is None:
+            yield
+            return
+        self.denoiser.disable_adapters()
+        try:
+            yield
+        finally:
+            self.denoiser.enable_adapters()

@@ -1,0 +1,32 @@
+"""Adapter for the built-in shapes model: the flow runs directly on pixels in [-1, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.shapes.pipeline import ShapesPipeline, to_uint8
+
+
+class ShapesAdapter(DenoiserAdapter):
+    def __init__(self, pipe: ShapesPipeline) -> None:
+        self.pipe = pipe
+        self.denoiser = pipe.unet
+        self.time_shift = float(pipe.scheduler.config.get("shift", 1.0))
+        pipe.text_encoder.requires_grad_(False).eval()
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (3, self.pipe.resolution, self.pipe.resolution)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+        states, pooled = self.pipe.encode_prompt(prompts)
+        return PromptEmbeddings(states, pooled)
+
+    def velocity(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
+        return self.pipe.velocity(z, t, embeddings.states, embeddings.pooled)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        return to_uint8(latents)
