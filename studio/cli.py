@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=int)
     pretrain.add_argument("--seed", type=int)
     pretrain.add_argument("--snapshot-every", type=int, help="also save step_N/ snapshots")
+    train = commands.add_parser("train", help="train a LoRA with V-GRPO")
+    config_source = train.add_mutually_exclusive_group()
+    config_source.add_argument("--config", type=Path, help="a YAML training config")
+    config_source.add_argument("--preset", help="a built-in preset, e.g. shapes-smoke, shapes-geneval, shapes-compress")
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--iterations", type=int, help="override the config's iterations")
+
     bench = commands.add_parser("bench", help="benchmarks (JSON plus a printed table)")
     benches = bench.add_subparsers(dest="bench", required=True)
     sampling = benches.add_parser("sampling", help="images per second of deterministic ODE sampling")
@@ -176,6 +184,43 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"saved the shapes pipeline to {args.out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from studio.runs import RunDirectory
+    from studio.training import run_training
+    from trainer_core.config import load_config, load_preset
+
+    if args.config is None and args.preset is None and not args.resume:
+        raise CliError("train: give --config FILE or --preset NAME (or --resume an existing --out)")
+    if args.resume and RunDirectory(args.out).exists():
+        config = load_config(RunDirectory(args.out).config_path)
+    elif args.config is not None:
+        config = load_config(args.config)
+    elif args.preset is not None:
+        config = load_preset(args.preset)
+    else:
+        raise CliError(f"--resume: {args.out} holds no run to resume")
+    if args.iterations is not None:
+        config = dataclasses.replace(config, iterations=args.iterations)
+    done = len(RunDirectory(args.out).read_metrics()) if args.resume else 0
+    bar = tqdm(total=config.iterations, initial=min(done, config.iterations), desc="train", unit="it")
+
+    def report(metrics: dict[str, float]) -> None:
+        bar.n = int(metrics["iteration"])
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
+        bar.refresh()
+
+    result = run_training(config, args.out, resume=args.resume, on_iteration=report)
+    bar.close()
+    if result.interrupted:
+        print(f"stopped at iteration {result.iterations_done}; resume with: vgrpo train --out {args.out} --resume")
+    else:
+        print(f"done: {result.iterations_done} iterations; LoRA at {result.final_checkpoint}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from studio.bench import format_rows, sampling_throughput, write_report
     from trainer_core.samplers import get_solver
@@ -196,14 +241,20 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-COMMANDS = {"sample": cmd_sample, "eval": cmd_eval, "pretrain-shapes": cmd_pretrain, "bench": cmd_bench}
+COMMANDS = {
+    "sample": cmd_sample,
+    "eval": cmd_eval,
+    "pretrain-shapes": cmd_pretrain,
+    "train": cmd_train,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (CliError, ValueError, FileNotFoundError) as error:
+    except (CliError, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"vgrpo {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

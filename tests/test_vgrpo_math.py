@@ -120,9 +120,9 @@ def test_within_group_cv():
 
 
 def test_config_validation_names_fields():
-    with pytest.raises(ValueError, match=r"algorithm\.n_mc"):
+    with pytest.raises(ValueError, match=r"vgrpo\.n_mc"):
         VGRPOConfig(n_mc=0)
-    with pytest.raises(ValueError, match=r"algorithm\.parameterisation"):
+    with pytest.raises(ValueError, match=r"vgrpo\.parameterisation"):
         VGRPOConfig(parameterisation="score")
-    with pytest.raises(ValueError, match=r"algorithm\.pair_sharing"):
+    with pytest.raises(ValueError, match=r"vgrpo\.pair_sharing"):
         VGRPOConfig(pair_sharing="rank")

@@ -59,24 +59,21 @@ class VGRPOConfig:
 
     def __post_init__(self) -> None:
         if self.n_mc < 1:
-            raise ValueError(f"algorithm.n_mc: must be at least 1, got {self.n_mc}")
+            raise ValueError(f"vgrpo.n_mc: must be at least 1, got {self.n_mc}")
         if self.parameterisation not in PARAMETERISATIONS:
             raise ValueError(
-                f"algorithm.parameterisation: must be one of {', '.join(PARAMETERISATIONS)}, "
-                f"got {self.parameterisation!r}"
+                f"vgrpo.parameterisation: must be one of {', '.join(PARAMETERISATIONS)}, got {self.parameterisation!r}"
             )
         if self.pair_sharing not in PAIR_SHARING:
-            raise ValueError(
-                f"algorithm.pair_sharing: must be one of {', '.join(PAIR_SHARING)}, got {self.pair_sharing!r}"
-            )
+            raise ValueError(f"vgrpo.pair_sharing: must be one of {', '.join(PAIR_SHARING)}, got {self.pair_sharing!r}")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"algorithm.t_min, t_max: need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+            raise ValueError(f"vgrpo.t_min, t_max: need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
         if self.clip_epsilon < 0 or self.soft_clip_eta < 0 or self.beta < 0:
-            raise ValueError("algorithm.clip_epsilon, soft_clip_eta, beta: must be non-negative")
+            raise ValueError("vgrpo.clip_epsilon, soft_clip_eta, beta: must be non-negative")
         if self.gradient_steps < 1:
-            raise ValueError(f"algorithm.gradient_steps: must be at least 1, got {self.gradient_steps}")
+            raise ValueError(f"vgrpo.gradient_steps: must be at least 1, got {self.gradient_steps}")
         if self.advantage_eps <= 0:
-            raise ValueError(f"algorithm.advantage_eps: must be positive, got {self.advantage_eps}")
+            raise ValueError(f"vgrpo.advantage_eps: must be positive, got {self.advantage_eps}")
 
 
 # --- 1. The (t, eps) pairs, with group sharing and stratification -------------------------------

@@ -37,7 +37,7 @@ class PromptEmbeddings:
     def __len__(self) -> int:
         return self.states.shape[0]
 
-    def map(self, fn) -> PromptEmbeddings:  # noqa: ANN001 - fn: Tensor -> Tensor
+    def map(self, fn) -> PromptEmbeddings:
         return PromptEmbeddings(
             fn(self.states),
             None if self.pooled is None else fn(self.pooled),
@@ -135,6 +135,8 @@ class DenoiserAdapter(ABC):
         """Freeze the base weights and add a trainable adapter to the denoiser."""
         self.denoiser.requires_grad_(False)
         lora.add_lora(self.denoiser, spec)
+        for param in self.lora_parameters():
+            param.data = param.data.float()  # adapters train in fp32 even on a bf16 base
         self.lora_spec = spec
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:

@@ -17,7 +17,7 @@ from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 class SD3Adapter(DenoiserAdapter):
     default_guidance = 1.0  # V-GRPO's SD3.5-M runs use no CFG in rollouts or training
 
-    def __init__(self, pipe, resolution: int | None = None) -> None:  # noqa: ANN001 - StableDiffusion3Pipeline
+    def __init__(self, pipe, resolution: int | None = None) -> None:
         self.pipe = pipe
         self.denoiser = pipe.transformer
         self.time_shift = float(pipe.scheduler.config.get("shift", 3.0))

@@ -1,0 +1,150 @@
+"""Running a training: a config in, a run directory out, resumable, interruptible."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from studio.runs import RunDirectory
+from trainer_core.adapters import load_adapter
+from trainer_core.config import TrainConfig, dump_config, load_config
+from trainer_core.image_grid import save_grid
+from trainer_core.rewards.base import RewardMix
+from trainer_core.rewards.builtin import builtin_rewards
+from trainer_core.trainer import VGRPOTrainer
+
+
+@dataclass
+class TrainingResult:
+    iterations_done: int
+    interrupted: bool
+    final_checkpoint: Path | None
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a request to stop at the next iteration boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> _StopFlag:
+        self.previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not in the main thread: nothing to install
+            self.previous = None
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def build_rewards(config: TrainConfig) -> RewardMix:
+    return RewardMix(builtin_rewards(), config.rewards)
+
+
+def run_training(
+    config: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    on_iteration: Callable[[dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainingResult:
+    """Train to `config.iterations`, writing the run directory as it goes.
+
+    With `resume`, continue from the latest checkpoint in `out` (metrics after
+    it are dropped and redone); the run's saved config is kept, except that
+    `config.iterations` may extend it. Ctrl-C, or `should_stop()` returning True,
+    stops at the next iteration boundary with a checkpoint.
+    """
+    run = RunDirectory(out)
+    if run.exists() and not resume:
+        raise FileExistsError(f"--out: {out} already holds a run; pass --resume to continue it or choose another")
+    if resume and run.exists():
+        config = dataclasses.replace(load_config(run.config_path), iterations=config.iterations)
+    run.create(dump_config(config))
+
+    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
+    rewards = build_rewards(config)
+    trainer = VGRPOTrainer(adapter, rewards, config)
+
+    start = 0
+    if resume:
+        latest = run.latest_checkpoint()
+        if latest is not None:
+            lora_path, _ = run.checkpoint_paths(latest)
+            adapter.load_lora(lora_path)
+            trainer.load_state_dict(run.load_state(latest))
+            start = latest
+        run.truncate_metrics(start)
+    wall_offset = run.read_metrics()[-1]["wall_time_s"] if start else 0.0
+
+    def checkpoint(iteration: int) -> Path:
+        lora_path, _ = run.checkpoint_paths(iteration)
+        adapter.save_lora(lora_path, _lora_metadata(config, iteration))
+        run.save_state(iteration, trainer.state_dict())
+        return lora_path
+
+    interrupted = False
+    started = time.monotonic()
+    with _StopFlag() as stop:
+        for iteration in range(start + 1, config.iterations + 1):
+            metrics = trainer.step()
+            metrics["wall_time_s"] = wall_offset + time.monotonic() - started
+            run.append_metrics(metrics)
+            if config.logging.sample_every and iteration % config.logging.sample_every == 0:
+                save_sample_grid(trainer, config, run.sample_path(iteration))
+            if iteration % config.logging.checkpoint_every == 0:
+                checkpoint(iteration)
+            if on_iteration:
+                on_iteration(metrics)
+            if (stop.requested or (should_stop and should_stop())) and iteration < config.iterations:
+                if iteration % config.logging.checkpoint_every:
+                    checkpoint(iteration)
+                interrupted = True
+                break
+
+    final = None
+    if not interrupted:
+        if config.iterations % config.logging.checkpoint_every:
+            checkpoint(config.iterations)
+        final = run.checkpoints / "final.safetensors"
+        adapter.save_lora(final, _lora_metadata(config, config.iterations))
+    return TrainingResult(trainer.iteration, interrupted, final)
+
+
+@torch.no_grad()
+def save_sample_grid(trainer: VGRPOTrainer, config: TrainConfig, path: Path) -> None:
+    """The fixed evaluation prompts x seeds, with the current LoRA, as one labelled PNG."""
+    adapter = trainer.adapter
+    prompts = list(config.logging.sample_prompts)
+    seeds = list(range(config.logging.sample_seeds))
+    embeddings = adapter.encode_prompts(prompts).repeat_interleave(len(seeds))
+    noise = adapter.noise(seeds * len(prompts))
+    latents = adapter.sample(
+        embeddings, noise, config.rollout.steps, config.rollout.solver, config.rollout.guidance_scale
+    )
+    save_grid(adapter.decode(latents), rows=len(prompts), out=path, scale=4, row_labels=prompts)
+
+
+def _lora_metadata(config: TrainConfig, iteration: int) -> dict[str, str]:
+    weights = ",".join(f"{k}={v:g}" for k, v in config.rewards.weights.items())
+    return {
+        "base_model": config.model.name,
+        "algorithm": config.algorithm,
+        "iterations": str(iteration),
+        "reward_mix": weights,
+        "aggregation": config.rewards.aggregation,
+    }

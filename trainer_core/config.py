@@ -1,0 +1,307 @@
+"""Training configuration: one frozen dataclass per concern, and YAML that maps onto them 1:1.
+
+    algorithm: vgrpo
+    iterations: 100
+    seed: 0
+    model:      {name: shapes-base, ...}        ModelConfig
+    rollout:    {prompts_per_iteration: 8, ...} RolloutConfig
+    vgrpo:      {n_mc: 4, ...}                  VGRPOConfig (trainer_core.vgrpo)
+    optimizer:  {learning_rate: 3e-4, ...}      OptimizerConfig
+    lora:       {rank: 32, ...}                 LoraSpec (trainer_core.lora)
+    rewards:    {weights: {geneval: 1.0}, ...}  RewardMixConfig (trainer_core.rewards.base)
+    logging:    {sample_every: 5, ...}          LoggingConfig
+
+Every field is documented once, in its dataclass's docstring; errors name the
+field as `section.field`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer_core.lora import LoraSpec
+from trainer_core.rewards.base import RewardMixConfig
+from trainer_core.samplers import SOLVERS
+from trainer_core.vgrpo import VGRPOConfig
+
+ALGORITHMS = ("vgrpo",)
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The base model.
+
+    name: a built-in model (shapes-base) or a local diffusers directory (shapes-base).
+    device: "auto" (CUDA when present), "cpu" or "cuda" (auto).
+    mixed_precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "no" or "bf16" (auto).
+    resolution: image side for latent models; None keeps the model's native size (None).
+    """
+
+    name: str = "shapes-base"
+    device: str = "auto"
+    mixed_precision: str = "auto"
+    resolution: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not str(self.name).strip():
+            raise ConfigError("model.name: must name a built-in model or a local directory, got an empty value")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"model.device: must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16"):
+            raise ConfigError(f"model.mixed_precision: must be auto, no or bf16, got {self.mixed_precision!r}")
+        if self.resolution is not None and self.resolution < 8:
+            raise ConfigError(f"model.resolution: must be at least 8, got {self.resolution}")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How images are generated each iteration.
+
+    prompts_per_iteration: prompt groups per iteration, B (8; paper 48 on SD3.5-M).
+    group_size: images per prompt, G (8; paper 24).
+    steps: ODE solver steps, K (10; paper 40 on SD3.5-M, 16 on FLUX).
+    solver: euler | heun | dpmpp_2m (dpmpp_2m; paper DPM-Solver++).
+    guidance_scale: classifier-free guidance in rollouts; 1 is none (1.0; paper none on SD3.5-M).
+    prompts: "train" (the shapes grammar's sampler) or a path to a prompts file (train).
+    batch_size: images per model call, to bound memory (64).
+    """
+
+    prompts_per_iteration: int = 8
+    group_size: int = 8
+    steps: int = 10
+    solver: str = "dpmpp_2m"
+    guidance_scale: float = 1.0
+    prompts: str = "train"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_iteration", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rollout.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(
+                f"rollout.group_size: must be at least 2 (advantages compare images), got {self.group_size}"
+            )
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"rollout.solver: must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.guidance_scale < 1:
+            raise ConfigError(f"rollout.guidance_scale: must be >= 1, got {self.guidance_scale}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW on the LoRA parameters.
+
+    learning_rate: step size (3e-4; paper 3e-4).
+    weight_decay: decoupled weight decay (0.0).
+    beta1 / beta2: Adam moments (0.9 / 0.999).
+    grad_clip: max global grad norm; 0 disables it (1.0).
+    """
+
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.learning_rate, int | float) or not self.learning_rate > 0:
+            raise ConfigError(f"optimizer.learning_rate: must be a positive number, got {self.learning_rate!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optimizer.weight_decay: must be non-negative, got {self.weight_decay}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"optimizer.beta1, beta2: must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optimizer.grad_clip: must be non-negative, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """What a run writes besides metrics.
+
+    sample_every: iterations between sample grids; 0 disables them (5).
+    checkpoint_every: iterations between LoRA checkpoints; a final one is always written (10).
+    sample_prompts: prompts of the sample grid (four shapes prompts).
+    sample_seeds: seeds of the sample grid, one column each (4).
+    """
+
+    sample_every: int = 5
+    checkpoint_every: int = 10
+    sample_prompts: tuple[str, ...] = (
+        "a red circle",
+        "three blue squares",
+        "two yellow triangles and a green circle",
+        "a purple square left of an orange triangle",
+    )
+    sample_seeds: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sample_prompts", tuple(self.sample_prompts))
+        if self.sample_every < 0 or self.checkpoint_every < 1 or self.sample_seeds < 1:
+            raise ConfigError("logging.sample_every >= 0, checkpoint_every >= 1 and sample_seeds >= 1 are required")
+        if not self.sample_prompts:
+            raise ConfigError("logging.sample_prompts: name at least one prompt")
+
+
+def _default_rewards() -> RewardMixConfig:
+    return RewardMixConfig(weights={"geneval": 1.0})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run.
+
+    algorithm: the RL method (vgrpo).
+    iterations: RL iterations (100).
+    seed: seeds prompts, noise, pairs and LoRA dropout (0).
+    """
+
+    algorithm: str = "vgrpo"
+    iterations: int = 100
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    vgrpo: VGRPOConfig = field(default_factory=VGRPOConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    rewards: RewardMixConfig = field(default_factory=_default_rewards)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm: must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.iterations < 1:
+            raise ConfigError(f"iterations: must be at least 1, got {self.iterations}")
+
+
+# --- YAML <-> dataclasses -----------------------------------------------------------------------
+
+
+def to_dict(config: Any) -> Any:
+    """Plain dicts, lists and scalars, ready for YAML."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple | list):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts; unknown keys and wrong types name their field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{path}{unknown[0]}: unknown field; allowed: {', '.join(sorted(fields))}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _coerce(hints[name], value, f"{path}{name}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except ValueError as error:  # the dataclasses' own checks already name `section.field`
+        raise ConfigError(str(error)) from None
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path + ".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _coerce(hint, value, path)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{path}: must be a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: must be a number, got {value!r}") from None
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+        return int(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config: {path} is not valid YAML ({error})") from None
+    return from_dict(TrainConfig, data)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its line of the dataclass docstring (for UIs and `--help`)."""
+    docs: dict[str, str] = {}
+    current = None
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        head = stripped.split(":", 1)[0]
+        names = [n.strip() for n in head.split("/")]
+        if ":" in stripped and all(n.isidentifier() for n in names):
+            for name in names:
+                docs[name] = stripped.split(":", 1)[1].strip()
+            current = names
+        elif current and stripped:
+            for name in current:
+                docs[name] += " " + stripped
+        else:
+            current = None
+    return docs
+
+
+PRESETS_DIR = Path(__file__).with_name("presets")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> TrainConfig:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"preset: unknown {name!r}; available: {', '.join(preset_names())}")
+    return load_config(path)
