@@ -12,22 +12,8 @@ from trainer_core.shapes.grammar import parse_prompt
 from trainer_core.shapes.scoring import SCORE_NAMES, score_image
 
 
-class ShapesReward(Reward):
-    """One of the shapes world's verifiable scores (geneval, partial, count, color, position)."""
-
-    def __init__(self, name: str) -> None:
-        if name not in SCORE_NAMES:
-            raise ValueError(f"reward: shapes rewards are {', '.join(SCORE_NAMES)}, got {name!r}")
-        self.name = name
-
-    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
-        return np.array(
-            [score_image(image, parse_prompt(p))[self.name] for image, p in zip(images, prompts, strict=True)]
-        )
-
-
 class ShapesScores:
-    """All shapes scores from one detector pass per image (the detector dominates their cost)."""
+    """All shapes scores from one detector pass per image, shared by the shapes rewards of a mix."""
 
     def __init__(self) -> None:
         self._cache_key: int | None = None
@@ -41,10 +27,14 @@ class ShapesScores:
         return self._cache
 
 
-class CachedShapesReward(ShapesReward):
-    def __init__(self, name: str, shared: ShapesScores) -> None:
-        super().__init__(name)
-        self.shared = shared
+class ShapesReward(Reward):
+    """One of the shapes world's verifiable scores (geneval, partial, count, color, position)."""
+
+    def __init__(self, name: str, shared: ShapesScores | None = None) -> None:
+        if name not in SCORE_NAMES:
+            raise ValueError(f"reward: shapes rewards are {', '.join(SCORE_NAMES)}, got {name!r}")
+        self.name = name
+        self.shared = shared or ShapesScores()
 
     def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         return np.array([s[self.name] for s in self.shared.all(images, prompts)])
@@ -69,7 +59,7 @@ class JpegCompressibility(Reward):
 
 def builtin_rewards() -> dict[str, Reward]:
     shared = ShapesScores()
-    rewards: dict[str, Reward] = {name: CachedShapesReward(name, shared) for name in SCORE_NAMES}
+    rewards: dict[str, Reward] = {name: ShapesReward(name, shared) for name in SCORE_NAMES}
     for reward in (JpegCompressibility(False), JpegCompressibility(True)):
         rewards[reward.name] = reward
     return rewards
