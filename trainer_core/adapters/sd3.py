@@ -6,6 +6,7 @@ eps - x0 at sigma = t, exactly the rectified-flow convention of METHOD.md.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,14 @@ class SD3Adapter(DenoiserAdapter):
     def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> SD3Adapter:
         from diffusers import StableDiffusion3Pipeline
 
-        pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        # Optional parts (T5, IP-adapter) may be absent from the directory: load them as None.
+        index = json.loads((Path(path) / "model_index.json").read_text())
+        absent = {
+            name: None
+            for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
+            if index.get(name) in (None, [None, None])
+        }
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **absent)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device))
 
