@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from trainer_core.model_zoo import load_shapes_pipeline
+from trainer_core.adapters import load_adapter
 from trainer_core.samplers import SOLVER_NFE
-from trainer_core.shapes.pipeline import seeded_noise
 
 
 def device_name(device: str) -> str:
@@ -24,18 +23,18 @@ def sampling_throughput(
     model: str, batch_size: int, steps: int, solvers: list[str], repeats: int, device: str
 ) -> dict[str, object]:
     """Images per second of deterministic sampling, one warm-up batch then `repeats` timed batches."""
-    pipe = load_shapes_pipeline(model, device)
-    prompts = ["two red circles left of a blue square"] * batch_size
-    noise = seeded_noise(list(range(batch_size)), pipe.resolution)
+    adapter = load_adapter(model, device)
+    embeddings = adapter.encode_prompts(["two red circles left of a blue square"] * batch_size)
+    noise = adapter.noise(list(range(batch_size)))
     rows = []
     for solver in solvers:
-        pipe.generate(prompts, noise, steps, solver)  # warm-up
+        adapter.sample(embeddings, noise, steps, solver)  # warm-up
         timings = []
         for _ in range(repeats):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            pipe.generate(prompts, noise, steps, solver)
+            adapter.sample(embeddings, noise, steps, solver)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             timings.append(time.perf_counter() - started)

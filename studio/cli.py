@@ -105,14 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):  # -> ShapesPipeline
-    from trainer_core.lora import load_lora
-    from trainer_core.model_zoo import load_shapes_pipeline
+def _load(args: argparse.Namespace):  # -> DenoiserAdapter
+    from trainer_core.adapters import load_adapter
 
-    pipe = load_shapes_pipeline(args.model, args.device)
+    adapter = load_adapter(args.model, args.device)
     if args.lora is not None:
-        load_lora(pipe.unet, args.lora)
-    return pipe
+        adapter.load_lora(args.lora)
+    return adapter
 
 
 def _sampling(args: argparse.Namespace):  # -> SamplingConfig

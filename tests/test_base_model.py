@@ -5,17 +5,17 @@ import json
 import pytest
 import torch
 
-from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, load_shapes_pipeline, resolve_model
+from trainer_core.adapters import load_adapter
+from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, resolve_model
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
 from trainer_core.shapes.grammar import COLORS, SHAPES, ObjectGroup, SceneSpec
-from trainer_core.shapes.pipeline import seeded_noise
 
 MAX_BYTES = 25 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return load_shapes_pipeline("shapes-base")
+def adapter():
+    return load_adapter("shapes-base", "cpu")
 
 
 def test_committed_weights_are_safetensors_within_budget():
@@ -29,10 +29,10 @@ def test_committed_weights_are_safetensors_within_budget():
     assert weights and all(p.suffix == ".safetensors" for p in weights)
 
 
-def test_loads_offline_in_eval_mode(pipe):
-    assert pipe.resolution == 32
-    assert not any(p.requires_grad for p in pipe.unet.parameters())
-    assert not pipe.unet.training
+def test_loads_offline_in_eval_mode(adapter):
+    assert adapter.latent_shape == (3, 32, 32)
+    assert not any(p.requires_grad for p in adapter.denoiser.parameters())
+    assert not adapter.denoiser.training
 
 
 def test_unknown_models_get_a_clear_error(tmp_path):
@@ -44,31 +44,32 @@ def test_unknown_models_get_a_clear_error(tmp_path):
         resolve_model(" ")
 
 
-def test_single_object_colour_and_shape_on_a_fixed_subset(pipe):
+def test_single_object_colour_and_shape_on_a_fixed_subset(adapter):
     specs = [SceneSpec((ObjectGroup(1, shape, color),)) for color in COLORS for shape in SHAPES]
-    result = evaluate(pipe, specs, n_seeds=2, sampling=SamplingConfig(steps=12, solver="heun"))
+    result = evaluate(adapter, specs, n_seeds=2, sampling=SamplingConfig(steps=12, solver="heun"))
     assert result.n_images == 36
     assert result.accuracy["single"] >= 0.8
 
 
-def test_generation_is_deterministic_and_independent_of_batching(pipe):
+def test_generation_is_deterministic_and_independent_of_batching(adapter):
     sampling = SamplingConfig(steps=6, solver="euler", batch_size=3)
     prompts = ["a red circle", "two blue squares", "a green triangle left of a yellow circle"]
-    together = generate_images(pipe, prompts, [0, 1, 2], sampling)
-    alone = generate_images(pipe, prompts[1:2], [1], sampling)
+    together = generate_images(adapter, prompts, [0, 1, 2], sampling)
+    alone = generate_images(adapter, prompts[1:2], [1], sampling)
     assert together.shape == (3, 32, 32, 3)
     assert abs(together[1].astype(int) - alone[0].astype(int)).max() <= 1
 
 
-def test_heun_at_8_steps_is_close_to_euler_at_64(pipe):
+def test_heun_at_8_steps_is_close_to_euler_at_64(adapter):
     prompts = ["a red circle", "three blue squares", "a purple triangle above an orange square"] * 2
-    noise = seeded_noise(list(range(6)), 32)
-    reference = pipe.generate(prompts, noise, 64, "euler")
-    coarse = {name: pipe.generate(prompts, noise, 8, name) for name in ("euler", "heun", "dpmpp_2m")}
+    embeddings = adapter.encode_prompts(prompts)
+    noise = adapter.noise(list(range(6)))
+    reference = adapter.sample(embeddings, noise, 64, "euler")
+    coarse = {name: adapter.sample(embeddings, noise, 8, name) for name in ("euler", "heun", "dpmpp_2m")}
     error = {name: float((image - reference).abs().mean()) for name, image in coarse.items()}
     assert error["heun"] < 0.05
     assert error["dpmpp_2m"] < 0.05
     assert error["heun"] < error["euler"]
-    fine = pipe.generate(prompts, noise, 32, "heun")
+    fine = adapter.sample(embeddings, noise, 32, "heun")
     assert float((fine - reference).abs().mean()) < error["heun"]
     assert torch.isfinite(reference).all()

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trainer_core.adapters.base import DenoiserAdapter
 from trainer_core.shapes.grammar import CATEGORIES, SceneSpec
-from trainer_core.shapes.pipeline import ShapesPipeline, seeded_noise, to_uint8
 from trainer_core.shapes.scoring import SCORE_NAMES, score_image
 
 
@@ -67,21 +67,28 @@ class EvalResult:
         }
 
 
-def generate_images(pipe: ShapesPipeline, prompts: list[str], seeds: list[int], sampling: SamplingConfig) -> np.ndarray:
+def generate_images(
+    adapter: DenoiserAdapter, prompts: list[str], seeds: list[int], sampling: SamplingConfig
+) -> np.ndarray:
     """uint8 [len(prompts), H, W, 3]: prompt i drawn from the noise of seeds[i]."""
     if len(prompts) != len(seeds):
         raise ValueError(f"prompts and seeds: lengths differ ({len(prompts)} vs {len(seeds)})")
     chunks = []
     for start in range(0, len(prompts), sampling.batch_size):
-        batch_prompts = prompts[start : start + sampling.batch_size]
-        noise = seeded_noise(seeds[start : start + sampling.batch_size], pipe.resolution)
-        images = pipe.generate(batch_prompts, noise, sampling.steps, sampling.solver, sampling.guidance_scale)
-        chunks.append(to_uint8(images))
+        part = slice(start, start + sampling.batch_size)
+        latents = adapter.sample(
+            adapter.encode_prompts(prompts[part]),
+            adapter.noise(seeds[part]),
+            sampling.steps,
+            sampling.solver,
+            sampling.guidance_scale,
+        )
+        chunks.append(adapter.decode(latents))
     return np.concatenate(chunks)
 
 
 def evaluate(
-    pipe: ShapesPipeline,
+    adapter: DenoiserAdapter,
     specs: list[SceneSpec],
     n_seeds: int = 4,
     sampling: SamplingConfig | None = None,
@@ -96,7 +103,7 @@ def evaluate(
     scores: list[dict[str, float]] = []
     for start in range(0, len(jobs), sampling.batch_size):
         batch = jobs[start : start + sampling.batch_size]
-        images = generate_images(pipe, [s.prompt for s, _ in batch], [seed for _, seed in batch], sampling)
+        images = generate_images(adapter, [s.prompt for s, _ in batch], [seed for _, seed in batch], sampling)
         scores.extend(score_image(image, spec) for image, (spec, _) in zip(images, batch, strict=True))
         if on_progress:
             on_progress(len(scores), len(jobs))

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from trainer_core.samplers import solve
 from trainer_core.shapes.grammar import vocabulary
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
@@ -79,8 +79,6 @@ def build_tokenizer(max_tokens: int) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, EOS, *vocabulary()])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-
     core.post_processor = TemplateProcessing(
         single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
     )
@@ -128,41 +126,6 @@ class ShapesPipeline(DiffusionPipeline):
     def velocity(self, z: torch.Tensor, t: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise); `pooled` is unused here."""
         return self.unet(z, t * 1000, encoder_hidden_states=states).sample
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        noise: torch.Tensor,
-        steps: int = 12,
-        solver: str = "heun",
-        guidance_scale: float = 1.0,
-    ) -> torch.Tensor:
-        """Images in [-1, 1], [B, 3, H, W], from noise [B, 3, H, W] with a deterministic ODE solver.
-
-        `guidance_scale` > 1 applies classifier-free guidance against the empty prompt.
-        """
-        states, pooled = self.encode_prompt(prompts)
-        if guidance_scale != 1.0:
-            null_states, null_pooled = self.encode_prompt([""])
-            states = torch.cat([null_states.expand_as(states), states])
-            pooled = torch.cat([null_pooled.expand_as(pooled), pooled])
-
-        def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if guidance_scale == 1.0:
-                return self.velocity(z, t, states, pooled)
-            v_null, v_cond = self.velocity(torch.cat([z, z]), torch.cat([t, t]), states, pooled).chunk(2)
-            return v_null + guidance_scale * (v_cond - v_null)
-
-        shift = float(self.scheduler.config.get("shift", 1.0))
-        return solve(velocity, noise.to(self.unet.device, self.unet.dtype), steps, solver, shift)
-
-
-def seeded_noise(seeds: list[int], resolution: int, channels: int = 3) -> torch.Tensor:
-    """One standard normal [C, H, W] per seed, independent of batch composition: [B, C, H, W]."""
-    return torch.stack(
-        [torch.randn(channels, resolution, resolution, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    )
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
