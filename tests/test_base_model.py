@@ -46,8 +46,8 @@ def test_unknown_models_get_a_clear_error(tmp_path):
 
 def test_single_object_colour_and_shape_on_a_fixed_subset(adapter):
     specs = [SceneSpec((ObjectGroup(1, shape, color),)) for color in COLORS for shape in SHAPES]
-    result = evaluate(adapter, specs, n_seeds=2, sampling=SamplingConfig(steps=12, solver="heun"))
-    assert result.n_images == 36
+    result = evaluate(adapter, specs, n_seeds=4, sampling=SamplingConfig(steps=12, solver="heun"))
+    assert result.n_images == 72
     assert result.accuracy["single"] >= 0.8
 
 

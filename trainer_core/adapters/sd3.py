@@ -39,7 +39,7 @@ class SD3Adapter(DenoiserAdapter):
             for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
             if index.get(name) in (None, [None, None])
         }
-        pipe = StableDiffusion3Pipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **absent)
+        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **absent)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device))
 
