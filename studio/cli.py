@@ -249,8 +249,20 @@ COMMANDS = {
 }
 
 
+def _quiet_libraries() -> None:
+    """Library loading bars and backend notices would bury the command's own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         COMMANDS[args.command](args)
     except (CliError, ValueError, FileNotFoundError, FileExistsError) as error:
