@@ -31,14 +31,29 @@ def test_smoke_preset_trains_and_raises_the_training_reward(tmp_path):
     out = tmp_path / "smoke"
     result = subprocess.run(
         [sys.executable, "-m", "studio.cli", "train", "--preset", "shapes-smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     config = load_preset("shapes-smoke")
     assert [r["iteration"] for r in rows] == list(range(1, config.iterations + 1))
-    required = {"iteration", "wall_time_s", "reward_mean", "reward_std", "reward_partial", "loss", "ratio_mean",
-                "clip_fraction", "kl", "grad_norm", "surrogate_cv_within_group", "images_per_s"}
+    required = {
+        "iteration",
+        "wall_time_s",
+        "reward_mean",
+        "reward_std",
+        "reward_partial",
+        "loss",
+        "ratio_mean",
+        "clip_fraction",
+        "kl",
+        "grad_norm",
+        "surrogate_cv_within_group",
+        "images_per_s",
+    }
     assert required <= set(rows[0])
     final = out / "checkpoints" / "final.safetensors"
     spec, _, metadata = read_lora(final)

@@ -108,3 +108,35 @@ def test_existing_run_is_not_overwritten(tiny_model, tmp_path):
         run_training(tiny_config(tiny_model, iterations=1), out)
     assert (out / "metrics.jsonl").read_text() == before
     assert json.loads(before.splitlines()[0])["iteration"] == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from trainer_core.config import dump_config
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(dump_config(tiny_config(tiny_model, iterations=500)))
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "studio.cli", "train", "--config", str(config_path), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = RunDirectory(out)
+    deadline = time.monotonic() + 300
+    while len(run.read_metrics()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "resume with" in stdout
+    done = len(run.read_metrics())
+    assert 2 <= done < 500
+    assert run.latest_checkpoint() == done
+    assert not (out / "checkpoints" / "final.safetensors").exists()

@@ -187,7 +187,8 @@ def vgrpo_loss(
 ) -> LossTerms:
     """-J with J = mean min(rho A, clip(rho, 1 - eps, 1 + eps) A) - beta mean ||x_hat - x_hat_old||^2.
 
-    rho_i = exp(s_i - s_i_old): one ratio per image. clip_epsilon = 0 leaves rho unclipped.
+    rho_i = exp(s_i - s_i_old): one ratio per image. clip_epsilon = 0 leaves rho unclipped. `kl` is the
+    penalty when x_hat_old is given, else the k3 estimate mean(rho - 1 - log rho).
     """
     ratio = torch.exp(surrogate - surrogate_old)
     unclipped = ratio * advantages
@@ -197,11 +198,16 @@ def vgrpo_loss(
         clip_fraction = float(((ratio - 1).abs() > clip_epsilon).float().mean())
     else:
         objective, clip_fraction = unclipped, 0.0
-    penalty = torch.zeros((), device=surrogate.device)
     if x_hat is not None and x_hat_old is not None:
         penalty = (x_hat - x_hat_old).pow(2).mean()  # per element, so beta does not scale with resolution
-    loss = -objective.mean() + beta * penalty
-    return LossTerms(loss, float(ratio.detach().mean()), clip_fraction, float(penalty.detach()))
+        loss = -objective.mean() + beta * penalty
+        kl = float(penalty.detach())
+    else:
+        loss = -objective.mean()
+        # Without the penalty, report the k3 estimate of KL(theta_old || theta) from the ratios.
+        log_ratio = (surrogate - surrogate_old).detach()
+        kl = float((log_ratio.exp() - 1 - log_ratio).mean())
+    return LossTerms(loss, float(ratio.detach().mean()), clip_fraction, kl)
 
 
 def within_group_cv(surrogate: torch.Tensor, group_size: int) -> float:
