@@ -264,7 +264,7 @@ class VGRPOTrainer:
             "iteration": self.iteration,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "prompt_rng": _encode_random_state(self.prompts.rng.getstate()),
+            "prompt_rng": self.prompts.rng.getstate(),  # a tuple of ints: loads with weights_only
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -272,18 +272,8 @@ class VGRPOTrainer:
         self.iteration = int(state["iteration"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
-        self.prompts.rng.setstate(_decode_random_state(state["prompt_rng"]))  # type: ignore[arg-type]
+        self.prompts.rng.setstate(state["prompt_rng"])  # type: ignore[arg-type]
         torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
-
-
-def _encode_random_state(state: tuple) -> torch.Tensor:
-    version, internal, gauss = state
-    return torch.tensor([version, *internal, -1 if gauss is None else 1], dtype=torch.int64)
-
-
-def _decode_random_state(encoded: torch.Tensor) -> tuple:
-    values = encoded.tolist()
-    return (values[0], tuple(values[1:-1]), None)
 
 
 @contextlib.contextmanager
