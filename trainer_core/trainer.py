@@ -111,7 +111,7 @@ class VGRPOTrainer:
                 self.generator,
             )
             t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
-            surrogate_old, x_hat_old = self.surrogate(latents, embeddings, t, eps, grad=False)
+            surrogate_old, x_hat_old = self.surrogate(latents, embeddings, t, eps)
         rollout = Rollout(
             prompt_per_image,
             latents,
@@ -122,7 +122,7 @@ class VGRPOTrainer:
             t,
             eps,
             surrogate_old,
-            x_hat_old if cfg.vgrpo.beta > 0 else None,
+            x_hat_old,
         )
         with _timed(times, "train_s"):
             stats = [self.gradient_step(rollout) for _ in range(cfg.vgrpo.gradient_steps)]
@@ -174,34 +174,38 @@ class VGRPOTrainer:
         latents = torch.cat(chunks).to(self.adapter.dtype)
         return latents, self.adapter.decode(latents), embeddings, prompt_per_image
 
-    def surrogate(
-        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor, grad: bool
+    def _chunks(self, n: int) -> list[slice]:
+        """Slices of the batch with at most rollout.batch_size model inputs (images x N_MC) each."""
+        per_chunk = max(1, self.config.rollout.batch_size // self.config.vgrpo.n_mc)
+        return [slice(start, start + per_chunk) for start in range(0, n, per_chunk)]
+
+    def _surrogate_chunk(
+        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """elbo_surrogate over the batch in chunks of rollout.batch_size model inputs: (s [B], x_hat)."""
         cfg = self.config.vgrpo
-        per_chunk = max(1, self.config.rollout.batch_size // cfg.n_mc)
+        expanded = embeddings.repeat_interleave(cfg.n_mc)  # one embedding per (image, pair)
+
+        def velocity(z: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+            return self.adapter.velocity(z, tt, expanded).float()
+
+        with self._autocast():
+            return elbo_surrogate(
+                velocity, latents.float(), t, eps.float(), cfg.parameterisation, cfg.adaptive_weighting
+            )
+
+    @torch.no_grad()
+    def surrogate(
+        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """s [B] at the current weights (theta_old), and x_hat when the beta penalty needs it."""
+        keep_x_hat = self.config.vgrpo.beta > 0
         surrogates, x_hats = [], []
-        context = contextlib.nullcontext() if grad else torch.no_grad()
-        with context:
-            for start in range(0, latents.shape[0], per_chunk):
-                part = slice(start, start + per_chunk)
-                emb = embeddings[part].repeat_interleave(cfg.n_mc)
-
-                def velocity(z: torch.Tensor, tt: torch.Tensor, emb: PromptEmbeddings = emb) -> torch.Tensor:
-                    return self.adapter.velocity(z, tt, emb).float()
-
-                with self._autocast():
-                    s, x_hat = elbo_surrogate(
-                        velocity,
-                        latents[part].float(),
-                        t[part],
-                        eps[part].float(),
-                        cfg.parameterisation,
-                        cfg.adaptive_weighting,
-                    )
-                surrogates.append(s)
-                x_hats.append(x_hat if grad or cfg.beta > 0 else x_hat[:0])
-        return torch.cat(surrogates), torch.cat(x_hats)
+        for part in self._chunks(latents.shape[0]):
+            s, x_hat = self._surrogate_chunk(latents[part], embeddings[part], t[part], eps[part])
+            surrogates.append(s)
+            if keep_x_hat:
+                x_hats.append(x_hat)
+        return torch.cat(surrogates), (torch.cat(x_hats) if keep_x_hat else None)
 
     def gradient_step(self, rollout: Rollout) -> dict[str, float]:
         """One AdamW step on the clipped objective, accumulated over chunks of the batch."""
@@ -209,24 +213,11 @@ class VGRPOTrainer:
         self.adapter.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         n = rollout.latents.shape[0]
-        per_chunk = max(1, cfg.rollout.batch_size // cfg.vgrpo.n_mc)
         totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
-        for start in range(0, n, per_chunk):
-            part = slice(start, start + per_chunk)
-            emb = rollout.embeddings[part].repeat_interleave(cfg.vgrpo.n_mc)
-
-            def velocity(z: torch.Tensor, tt: torch.Tensor, emb: PromptEmbeddings = emb) -> torch.Tensor:
-                return self.adapter.velocity(z, tt, emb).float()
-
-            with self._autocast():
-                s, x_hat = elbo_surrogate(
-                    velocity,
-                    rollout.latents[part].float(),
-                    rollout.t[part],
-                    rollout.eps[part].float(),
-                    cfg.vgrpo.parameterisation,
-                    cfg.vgrpo.adaptive_weighting,
-                )
+        for part in self._chunks(n):
+            s, x_hat = self._surrogate_chunk(
+                rollout.latents[part], rollout.embeddings[part], rollout.t[part], rollout.eps[part]
+            )
             terms = vgrpo_loss(
                 s,
                 rollout.surrogate_old[part],
