@@ -146,7 +146,6 @@ class VGRPOTrainer:
             **times,
         }
         metrics["images_per_s"] = n_images / metrics["iteration_s"]
-        self.last_rollout = rollout
         return metrics
 
     @torch.no_grad()
