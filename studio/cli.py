@@ -194,8 +194,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.config is None and args.preset is None and not args.resume:
         raise CliError("train: give --config FILE or --preset NAME (or --resume an existing --out)")
-    if args.resume and RunDirectory(args.out).exists():
-        config = load_config(RunDirectory(args.out).config_path)
+    run = RunDirectory(args.out)
+    if args.resume and run.exists():
+        config = load_config(run.config_path)
     elif args.config is not None:
         config = load_config(args.config)
     elif args.preset is not None:
@@ -204,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError(f"--resume: {args.out} holds no run to resume")
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
-    done = len(RunDirectory(args.out).read_metrics()) if args.resume else 0
+    done = len(run.read_metrics()) if args.resume else 0
     bar = tqdm(total=config.iterations, initial=min(done, config.iterations), desc="train", unit="it")
 
     def report(metrics: dict[str, float]) -> None:

@@ -73,3 +73,16 @@ def test_heun_at_8_steps_is_close_to_euler_at_64(adapter):
     fine = adapter.sample(embeddings, noise, 32, "heun")
     assert float((fine - reference).abs().mean()) < error["heun"]
     assert torch.isfinite(reference).all()
+
+
+def test_classifier_free_guidance_changes_samples_and_accepts_a_given_null_prompt(adapter):
+    embeddings = adapter.encode_prompts(["two red circles", "a blue square"])
+    noise = adapter.noise([0, 1])
+    plain = adapter.sample(embeddings, noise, 4, "euler")
+    guided = adapter.sample(embeddings, noise, 4, "euler", guidance_scale=3.0)
+    given = adapter.sample(
+        embeddings, noise, 4, "euler", guidance_scale=3.0, null_embeddings=adapter.encode_prompts([""])
+    )
+    assert torch.isfinite(guided).all()
+    assert (guided - plain).abs().mean() > 1e-3
+    assert torch.allclose(guided, given)

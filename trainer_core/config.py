@@ -18,6 +18,7 @@ field as `section.field`.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return from_dict(hint, value, path + ".")
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))

@@ -157,18 +157,13 @@ class VGRPOTrainer:
         prompt_per_image = [p for p in prompts for _ in range(cfg.group_size)]
         noise = torch.randn(len(prompt_per_image), *self.adapter.latent_shape, generator=self.generator)
         noise = noise.to(self.adapter.device, self.adapter.dtype)
-        null = None
-        if cfg.guidance_scale != 1.0:
-            null = self.adapter.encode_prompts([""])
+        null = self.adapter.encode_prompts([""]) if cfg.guidance_scale != 1.0 else None  # once, not per chunk
         chunks = []
         for start in range(0, len(prompt_per_image), cfg.batch_size):
             part = slice(start, start + cfg.batch_size)
-            part_null = None if null is None else null.map(lambda x, n=noise[part].shape[0]: x.expand(n, *x.shape[1:]))
             with self._autocast():
                 chunks.append(
-                    self.adapter.sample(
-                        embeddings[part], noise[part], cfg.steps, cfg.solver, cfg.guidance_scale, part_null
-                    )
+                    self.adapter.sample(embeddings[part], noise[part], cfg.steps, cfg.solver, cfg.guidance_scale, null)
                 )
         latents = torch.cat(chunks).to(self.adapter.dtype)
         return latents, self.adapter.decode(latents), embeddings, prompt_per_image

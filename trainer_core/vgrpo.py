@@ -163,9 +163,12 @@ def group_advantages(
     """(r - mean_group r) / (std_group r + eps) for rewards [B] in consecutive groups; optional eta * tanh(A / eta)."""
     grouped = rewards.view(-1, group_size)
     advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + eps)
-    if soft_clip_eta > 0:
-        advantages = soft_clip_eta * torch.tanh(advantages / soft_clip_eta)
-    return advantages.flatten()
+    return soft_clip(advantages.flatten(), soft_clip_eta)
+
+
+def soft_clip(advantages: torch.Tensor, eta: float) -> torch.Tensor:
+    """eta * tanh(A / eta): bounded by eta, the identity near 0; eta = 0 leaves A unchanged."""
+    return eta * torch.tanh(advantages / eta) if eta > 0 else advantages
 
 
 @dataclass(frozen=True)

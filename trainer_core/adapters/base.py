@@ -110,11 +110,14 @@ class DenoiserAdapter(ABC):
         guidance_scale: float = 1.0,
         null_embeddings: PromptEmbeddings | None = None,
     ) -> torch.Tensor:
-        """Latents [B, C, H, W] at t = 0 from noise at t = 1, deterministic."""
+        """Latents [B, C, H, W] at t = 0 from noise at t = 1, deterministic.
+
+        With guidance, `null_embeddings` is the empty prompt's embedding (batch 1); encoded here if not given.
+        """
         if guidance_scale != 1.0:
-            if null_embeddings is None:
-                null_embeddings = self.encode_prompts([""]).map(lambda x: x.expand(len(embeddings), *x.shape[1:]))
-            both = PromptEmbeddings.cat([null_embeddings, embeddings])
+            null = null_embeddings if null_embeddings is not None else self.encode_prompts([""])
+            null = null.map(lambda x: x[:1].expand(len(embeddings), *x.shape[1:]))
+            both = PromptEmbeddings.cat([null, embeddings])
 
             def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 v_null, v_cond = self.velocity(torch.cat([z, z]), torch.cat([t, t]), both).chunk(2)

@@ -97,7 +97,7 @@ class RewardMix:
         self, scores: dict[str, np.ndarray], group_size: int, eps: float = 1e-4, soft_clip_eta: float = 0.0
     ) -> torch.Tensor:
         """Group-normalised advantages [B] under the configured aggregation."""
-        from trainer_core.vgrpo import group_advantages
+        from trainer_core.vgrpo import group_advantages, soft_clip
 
         def normalise(values: np.ndarray) -> torch.Tensor:
             return group_advantages(torch.as_tensor(values, dtype=torch.float32), group_size, eps)
@@ -106,6 +106,4 @@ class RewardMix:
             advantages = normalise(self.combined(scores))
         else:
             advantages = sum(self.config.weights[n] * normalise(scores[n]) for n in self.rewards)  # type: ignore[assignment]
-        if soft_clip_eta > 0:
-            advantages = soft_clip_eta * torch.tanh(advantages / soft_clip_eta)
-        return advantages
+        return soft_clip(advantages, soft_clip_eta)

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
@@ -147,9 +146,3 @@ def pretrain_shapes(config: PretrainConfig, out: Path, progress: bool = True) ->
         f"minutes={minutes:.1f} final_loss_ema={loss_avg:.4f}\n"
     )
     return ema
-
-
-def set_determinism(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -34,7 +34,6 @@ from trainer_core.shapes.grammar import (
 )
 
 HELDOUT_PATH = Path(__file__).with_name("prompt_sets") / "heldout.txt"
-PROMPT_SETS: tuple[str, ...] = ("heldout", "train")
 _HELDOUT_SEED = 20260425
 _SAMPLED_SIZES = {"colors": 70, "two_objects": 76, "position": 76}
 _UNSEEN_PER_CATEGORY = 12
@@ -59,7 +58,6 @@ def build_heldout() -> list[SceneSpec]:
     count = [
         SceneSpec((ObjectGroup(n, shape, color),)) for n in (2, 3, 4) for color in (None, *COLORS) for shape in SHAPES
     ]
-    specs = single + count
     sampled: dict[str, list[SceneSpec]] = {}
     for category, size in _SAMPLED_SIZES.items():
         chosen: dict[str, SceneSpec] = {}
@@ -70,8 +68,7 @@ def build_heldout() -> list[SceneSpec]:
                 continue
             chosen.setdefault(spec.prompt, spec)
         sampled[category] = list(chosen.values())
-    specs = single + sampled["colors"] + count + sampled["two_objects"] + sampled["position"]
-    return specs
+    return single + sampled["colors"] + count + sampled["two_objects"] + sampled["position"]
 
 
 def load_heldout() -> list[SceneSpec]:
