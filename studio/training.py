@@ -13,11 +13,12 @@ import torch
 
 from studio.runs import RunDirectory
 from trainer_core.adapters import load_adapter
+from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config, load_config
 from trainer_core.image_grid import save_grid
 from trainer_core.rewards.base import RewardMix
 from trainer_core.rewards.builtin import builtin_rewards
-from trainer_core.trainer import VGRPOTrainer
+from trainer_core.trainer import GroupTrainer
 
 
 @dataclass
@@ -78,7 +79,7 @@ def run_training(
 
     adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
     rewards = build_rewards(config)
-    trainer = VGRPOTrainer(adapter, rewards, config)
+    trainer = make_trainer(adapter, rewards, config)
 
     start = 0
     if resume:
@@ -126,7 +127,7 @@ def run_training(
 
 
 @torch.no_grad()
-def save_sample_grid(trainer: VGRPOTrainer, config: TrainConfig, path: Path) -> None:
+def save_sample_grid(trainer: GroupTrainer, config: TrainConfig, path: Path) -> None:
     """The fixed evaluation prompts x seeds, with the current LoRA, as one labelled PNG."""
     adapter = trainer.adapter
     prompts = list(config.logging.sample_prompts)

@@ -2,9 +2,7 @@ import pytest
 import torch
 
 from trainer_core.lora import LoraSpec, add_lora, load_lora, read_lora, save_lora
-from trainer_core.shapes.pipeline import ShapesModelConfig, build_shapes_pipeline
-
-TINY = ShapesModelConfig(channels=(8, 16), attention_levels=1, head_dim=8, text_dim=16, text_layers=1)
+from trainer_core.shapes.pipeline import build_shapes_pipeline
 
 
 def _velocity(pipe):
@@ -13,8 +11,8 @@ def _velocity(pipe):
     return pipe.velocity(z, torch.tensor([0.3, 0.8]), states, pooled)
 
 
-def test_lora_round_trip_reproduces_the_adapted_model(tmp_path):
-    trained = build_shapes_pipeline(TINY, seed=1)
+def test_lora_round_trip_reproduces_the_adapted_model(tiny_shapes, tmp_path):
+    trained = build_shapes_pipeline(tiny_shapes, seed=1)
     spec = LoraSpec(rank=4, alpha=8)
     add_lora(trained.unet, spec)
     trainable = [n for n, p in trained.unet.named_parameters() if p.requires_grad]
@@ -33,14 +31,14 @@ def test_lora_round_trip_reproduces_the_adapted_model(tmp_path):
     assert loaded_spec == spec and metadata["base_model"] == "tiny"
     assert all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in tensors)
 
-    fresh = build_shapes_pipeline(TINY, seed=1)
+    fresh = build_shapes_pipeline(tiny_shapes, seed=1)
     load_lora(fresh.unet, path)
     with torch.no_grad():
         assert torch.allclose(_velocity(fresh), adapted_out, atol=1e-6)
 
 
-def test_files_that_are_not_loras_are_refused(tmp_path):
-    pipe = build_shapes_pipeline(TINY)
+def test_files_that_are_not_loras_are_refused(tiny_shapes, tmp_path):
+    pipe = build_shapes_pipeline(tiny_shapes)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a tensor file")
     with pytest.raises(ValueError, match=r"lora: .* is not a safetensors file"):

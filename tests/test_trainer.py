@@ -9,40 +9,13 @@ import torch
 from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.adapters import load_adapter
-from trainer_core.config import LoggingConfig, ModelConfig, RolloutConfig, TrainConfig
-from trainer_core.lora import LoraSpec
-from trainer_core.rewards.base import RewardMix, RewardMixConfig
+from trainer_core.rewards.base import RewardMix
 from trainer_core.rewards.builtin import builtin_rewards
-from trainer_core.shapes.pipeline import ShapesModelConfig, build_shapes_pipeline
 from trainer_core.trainer import VGRPOTrainer
-from trainer_core.vgrpo import VGRPOConfig
-
-TINY = ShapesModelConfig(channels=(8, 16), attention_levels=1, head_dim=8, text_dim=16, text_layers=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "shapes-tiny"
-    build_shapes_pipeline(TINY, seed=3).save_pretrained(path)
-    return str(path)
-
-
-def tiny_config(model: str, **changes) -> TrainConfig:
-    base = {
-        "iterations": 2,
-        "model": ModelConfig(name=model, device="cpu"),
-        "rollout": RolloutConfig(prompts_per_iteration=2, group_size=4, steps=3, solver="euler", batch_size=16),
-        "vgrpo": VGRPOConfig(n_mc=2, gradient_steps=2),
-        "lora": LoraSpec(rank=2, alpha=2),
-        "rewards": RewardMixConfig({"jpeg_incompressibility": 1.0}),
-        "logging": LoggingConfig(sample_every=1, checkpoint_every=1, sample_prompts=("a red circle",), sample_seeds=2),
-    }
-    base.update(changes)
-    return TrainConfig(**base)
-
-
-def test_one_iteration_changes_lora_weights_and_nothing_else(tiny_model):
-    config = tiny_config(tiny_model)
+def test_one_iteration_changes_lora_weights_and_nothing_else(tiny_model, tiny_config):
+    config = tiny_config()
     adapter = load_adapter(tiny_model, "cpu")
     trainer = VGRPOTrainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
     base_before = {k: v.clone() for k, v in adapter.denoiser.named_parameters() if "lora_" not in k}
@@ -69,8 +42,8 @@ def test_one_iteration_changes_lora_weights_and_nothing_else(tiny_model):
     assert any(not torch.equal(after[k], v) for k, v in lora_before.items())
 
 
-def test_run_directory_and_resume_without_gaps(tiny_model, tmp_path):
-    config = tiny_config(tiny_model, iterations=3)
+def test_run_directory_and_resume_without_gaps(tiny_model, tiny_config, tmp_path):
+    config = tiny_config(iterations=3)
     out = tmp_path / "run"
     result = run_training(config, out)
     assert result.iterations_done == 3 and not result.interrupted
@@ -84,34 +57,34 @@ def test_run_directory_and_resume_without_gaps(tiny_model, tmp_path):
     # Continue the same run to 5 iterations after pretending iteration 3's checkpoint was never written.
     for path in run.checkpoint_paths(3):
         path.unlink()
-    continued = run_training(tiny_config(tiny_model, iterations=5), out, resume=True)
+    continued = run_training(tiny_config(iterations=5), out, resume=True)
     assert continued.iterations_done == 5
     assert [r["iteration"] for r in run.read_metrics()] == [1, 2, 3, 4, 5]
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tmp_path):
+def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_path):
     straight = tmp_path / "straight"
-    run_training(tiny_config(tiny_model, iterations=3), straight)
+    run_training(tiny_config(iterations=3), straight)
     split = tmp_path / "split"
-    run_training(tiny_config(tiny_model, iterations=2), split)
-    run_training(tiny_config(tiny_model, iterations=3), split, resume=True)
+    run_training(tiny_config(iterations=2), split)
+    run_training(tiny_config(iterations=3), split, resume=True)
     a, b = RunDirectory(straight).read_metrics(), RunDirectory(split).read_metrics()
     for key in ("reward_mean", "loss", "grad_norm"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4), key
 
 
-def test_existing_run_is_not_overwritten(tiny_model, tmp_path):
+def test_existing_run_is_not_overwritten(tiny_model, tiny_config, tmp_path):
     out = tmp_path / "run"
-    run_training(tiny_config(tiny_model, iterations=1), out)
+    run_training(tiny_config(iterations=1), out)
     before = (out / "metrics.jsonl").read_text()
     with pytest.raises(FileExistsError, match="--out"):
-        run_training(tiny_config(tiny_model, iterations=1), out)
+        run_training(tiny_config(iterations=1), out)
     assert (out / "metrics.jsonl").read_text() == before
     assert json.loads(before.splitlines()[0])["iteration"] == 1
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model, tiny_config, tmp_path):
     import signal
     import subprocess
     import sys
@@ -120,7 +93,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model, tmp_path):
     from trainer_core.config import dump_config
 
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(dump_config(tiny_config(tiny_model, iterations=500)))
+    config_path.write_text(dump_config(tiny_config(iterations=500)))
     out = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "studio.cli", "train", "--config", str(config_path), "--out", str(out)],

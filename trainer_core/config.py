@@ -5,7 +5,9 @@
     seed: 0
     model:      {name: shapes-base, ...}        ModelConfig
     rollout:    {prompts_per_iteration: 8, ...} RolloutConfig
-    vgrpo:      {n_mc: 4, ...}                  VGRPOConfig (trainer_core.vgrpo)
+    vgrpo:      {n_mc: 4, ...}                  VGRPOConfig (trainer_core.vgrpo; also naive-elbo)
+    flow_grpo:  {noise_level: 0.7, ...}         FlowGRPOConfig (flow-grpo and mix-grpo)
+    mix_grpo:   {window_size: 4, ...}           MixGRPOConfig (mix-grpo)
     optimizer:  {learning_rate: 3e-4, ...}      OptimizerConfig
     lora:       {rank: 32, ...}                 LoraSpec (trainer_core.lora)
     rewards:    {weights: {geneval: 1.0}, ...}  RewardMixConfig (trainer_core.rewards.base)
@@ -31,7 +33,7 @@ from trainer_core.rewards.base import RewardMixConfig
 from trainer_core.samplers import SOLVERS
 from trainer_core.vgrpo import VGRPOConfig
 
-ALGORITHMS = ("vgrpo",)
+ALGORITHMS = ("vgrpo", "flow-grpo", "mix-grpo", "naive-elbo")
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,67 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class FlowGRPOConfig:
+    """The MDP baselines' likelihood and objective (algorithm flow-grpo and mix-grpo).
+
+    noise_level: a in the SDE's s_t = a sqrt(t / (1 - t)) (0.7; paper 0.7).
+    clip_epsilon: PPO clip of the per-step ratio (1e-4; paper 1e-4).
+    advantage_clip: advantages are clamped to +-advantage_clip (5.0; paper 5).
+    beta: weight of the KL to the reference model (LoRA disabled); 0 skips the reference pass
+        (0.04; paper 0.01..0.04).
+    timestep_fraction: share of the stochastic steps trained each iteration, drawn at random
+        (1.0; Flow-GRPO all, DanceGRPO 0.6).
+    gradient_steps: optimiser steps per iteration on the same rollouts (1; paper 1).
+    """
+
+    noise_level: float = 0.7
+    clip_epsilon: float = 1e-4
+    advantage_clip: float = 5.0
+    beta: float = 0.04
+    timestep_fraction: float = 1.0
+    gradient_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.noise_level < 0:
+            raise ConfigError(f"flow_grpo.noise_level: must be non-negative, got {self.noise_level}")
+        if self.clip_epsilon <= 0:
+            raise ConfigError(f"flow_grpo.clip_epsilon: must be positive, got {self.clip_epsilon}")
+        if self.advantage_clip <= 0:
+            raise ConfigError(f"flow_grpo.advantage_clip: must be positive, got {self.advantage_clip}")
+        if self.beta < 0:
+            raise ConfigError(f"flow_grpo.beta: must be non-negative, got {self.beta}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise ConfigError(f"flow_grpo.timestep_fraction: must be in (0, 1], got {self.timestep_fraction}")
+        if self.gradient_steps < 1:
+            raise ConfigError(f"flow_grpo.gradient_steps: must be at least 1, got {self.gradient_steps}")
+
+
+@dataclass(frozen=True)
+class MixGRPOConfig:
+    """MixGRPO's sliding window of stochastic steps (algorithm mix-grpo); the ODE runs elsewhere.
+
+    window_size: SDE steps per rollout, all of them trained (4; paper about 4).
+    window_start: first step of the window at iteration 0 (0; paper 0).
+    window_stride: steps the window moves later each time it moves (1; paper 1).
+    window_interval: iterations between moves; the window holds once it reaches the last step
+        (25; paper about 25).
+    """
+
+    window_size: int = 4
+    window_start: int = 0
+    window_stride: int = 1
+    window_interval: int = 25
+
+    def __post_init__(self) -> None:
+        if self.window_size < 1:
+            raise ConfigError(f"mix_grpo.window_size: must be at least 1, got {self.window_size}")
+        if self.window_start < 0 or self.window_stride < 0:
+            raise ConfigError("mix_grpo.window_start, window_stride: must be non-negative")
+        if self.window_interval < 1:
+            raise ConfigError(f"mix_grpo.window_interval: must be at least 1, got {self.window_interval}")
+
+
+@dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW on the LoRA parameters.
 
@@ -162,7 +225,7 @@ def _default_rewards() -> RewardMixConfig:
 class TrainConfig:
     """A whole training run.
 
-    algorithm: the RL method (vgrpo).
+    algorithm: the RL method: vgrpo, or a baseline flow-grpo, mix-grpo, naive-elbo (vgrpo).
     iterations: RL iterations (100).
     seed: seeds prompts, noise, pairs and LoRA dropout (0).
     """
@@ -173,6 +236,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     vgrpo: VGRPOConfig = field(default_factory=VGRPOConfig)
+    flow_grpo: FlowGRPOConfig = field(default_factory=FlowGRPOConfig)
+    mix_grpo: MixGRPOConfig = field(default_factory=MixGRPOConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lora: LoraSpec = field(default_factory=LoraSpec)
     rewards: RewardMixConfig = field(default_factory=_default_rewards)
@@ -183,6 +248,11 @@ class TrainConfig:
             raise ConfigError(f"algorithm: must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.iterations < 1:
             raise ConfigError(f"iterations: must be at least 1, got {self.iterations}")
+        if self.algorithm == "mix-grpo" and self.mix_grpo.window_size > self.rollout.steps:
+            raise ConfigError(
+                f"mix_grpo.window_size: must be at most rollout.steps ({self.rollout.steps}), "
+                f"got {self.mix_grpo.window_size}"
+            )
 
 
 # --- YAML <-> dataclasses -----------------------------------------------------------------------

@@ -1,23 +1,32 @@
-"""The V-GRPO training loop: one iteration at a time, all of it visible here.
+"""The GRPO training loop shared by every algorithm, and V-GRPO's part of it.
+
+One iteration, for every algorithm:
 
     theta_old <- theta
-    rollout:   B prompts x G images with a deterministic ODE solver (no grad)
+    rollout:   B prompts x G images (no grad)
     score:     rewards -> group advantages
-    pairs:     one set of (t, eps) per group, stratified over the shifted grid
-    s_old:     surrogate (and x_hat_old when beta > 0) at theta_old (no grad)
-    mu times:  s with grad on the same pairs -> ratio -> clipped objective -> AdamW step on LoRA
+    old pass:  the likelihood terms at theta_old / the reference, once (no grad)
+    mu times:  the algorithm's loss with grad -> AdamW step on the LoRA
 
-The trainer holds no files: the caller saves LoRA weights and `state_dict()`.
+V-GRPO (`VGRPOTrainer`): rollouts with a deterministic ODE solver; the old pass draws one set of
+(t, eps) per group, stratified over the shifted grid, and computes s_old (and x_hat_old when
+beta > 0); the loss is the clipped objective on one surrogate ratio per image. The MDP baselines
+live in `trainer_core.mdp_trainer`.
+
+Trainers hold no files: the caller saves LoRA weights and `state_dict()`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,18 +34,24 @@ import torch
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
 from trainer_core.rewards.base import RewardMix
-from trainer_core.vgrpo import draw_pairs, elbo_surrogate, vgrpo_loss, within_group_cv
+from trainer_core.vgrpo import VGRPOConfig, draw_pairs, elbo_surrogate, soft_clip, vgrpo_loss, within_group_cv
 
 
 @dataclass
-class Rollout:
-    """One iteration's samples and everything the gradient steps need, batch-aligned [B = groups * G]."""
+class Generation:
+    """One iteration's images, batch-aligned [B = groups * G], consecutive images sharing a prompt."""
 
-    prompts: list[str]
+    prompts: list[str]  # one per image
     latents: torch.Tensor  # [B, C, H, W]
     images: np.ndarray  # uint8 [B, H, W, 3]
     embeddings: PromptEmbeddings
-    scores: dict[str, np.ndarray]  # reward name -> [B]
+
+
+@dataclass
+class SurrogateBatch:
+    """What V-GRPO's gradient steps need: the images, advantages and the stored pairs."""
+
+    generation: Generation
     advantages: torch.Tensor  # [B]
     t: torch.Tensor  # [B, N_MC]
     eps: torch.Tensor  # [B, N_MC, C, H, W]
@@ -68,8 +83,11 @@ class PromptSource:
         return [sample_spec(self.rng).prompt for _ in range(n)]
 
 
-class VGRPOTrainer:
-    """Trains a LoRA on `adapter` to maximise `rewards` with V-GRPO."""
+class GroupTrainer(ABC):
+    """Shared machinery: LoRA, optimiser, prompts, rewards, the iteration, metrics and resume state."""
+
+    #: added to the group std of rewards when normalising advantages
+    advantage_eps: float = 1e-4
 
     def __init__(self, adapter: DenoiserAdapter, rewards: RewardMix, config: TrainConfig) -> None:
         self.adapter, self.rewards, self.config = adapter, rewards, config
@@ -86,6 +104,33 @@ class VGRPOTrainer:
         self.iteration = 0
         self.autocast_bf16 = adapter.device.type == "cuda" and config.model.mixed_precision in ("auto", "bf16")
 
+    # --- what each algorithm supplies ---------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def gradient_steps(self) -> int:
+        """mu: optimiser steps per iteration on the same rollouts."""
+
+    @abstractmethod
+    def generate(self, prompts: list[str]) -> tuple[Generation, Any]:
+        """G images per prompt (no grad), and whatever of the sampling the loss needs later."""
+
+    @abstractmethod
+    def shape_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """The algorithm's treatment of group-normalised advantages (soft clip, clamp)."""
+
+    @abstractmethod
+    def old_pass(self, generation: Generation, trace: Any, advantages: torch.Tensor) -> Any:
+        """Everything the gradient steps need that is computed once, at theta_old (no grad)."""
+
+    @abstractmethod
+    def gradient_step(self, batch: Any) -> dict[str, float]:
+        """One optimiser step; returns loss, ratio_mean, clip_fraction, kl and grad_norm."""
+
+    def diagnostics(self, batch: Any) -> dict[str, float]:
+        """Algorithm-specific metrics of the iteration."""
+        return {}
+
     # --- one iteration -----------------------------------------------------------------------
 
     def step(self) -> dict[str, float]:
@@ -94,147 +139,54 @@ class VGRPOTrainer:
         times: dict[str, float] = {}
         started = time.perf_counter()
         with _timed(times, "rollout_s"):
-            prompts = self.prompts.draw(cfg.rollout.prompts_per_iteration)
-            latents, images, embeddings, prompt_per_image = self.rollout(prompts)
+            generation, trace = self.generate(self.prompts.draw(cfg.rollout.prompts_per_iteration))
         with _timed(times, "reward_s"):
-            scores = self.rewards.score(images, prompt_per_image)
-            advantages = self.rewards.advantages(
-                scores, cfg.rollout.group_size, cfg.vgrpo.advantage_eps, cfg.vgrpo.soft_clip_eta
-            ).to(self.adapter.device)
-        with _timed(times, "surrogate_old_s"):
-            t, eps = draw_pairs(
-                len(prompts),
-                cfg.rollout.group_size,
-                self.adapter.latent_shape,
-                cfg.vgrpo,
-                self.adapter.time_shift,
-                self.generator,
-            )
-            t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
-            surrogate_old, x_hat_old = self.surrogate(latents, embeddings, t, eps)
-        rollout = Rollout(
-            prompt_per_image,
-            latents,
-            images,
-            embeddings,
-            scores,
-            advantages,
-            t,
-            eps,
-            surrogate_old,
-            x_hat_old,
-        )
+            scores = self.rewards.score(generation.images, generation.prompts)
+            advantages = self.rewards.advantages(scores, cfg.rollout.group_size, self.advantage_eps)
+            advantages = self.shape_advantages(advantages).to(self.adapter.device)
+        with _timed(times, "old_pass_s"):
+            batch = self.old_pass(generation, trace, advantages)
         with _timed(times, "train_s"):
-            stats = [self.gradient_step(rollout) for _ in range(cfg.vgrpo.gradient_steps)]
+            stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
         self.iteration += 1
 
         combined = self.rewards.combined(scores)
-        n_images = len(prompt_per_image)
         metrics = {
             "iteration": self.iteration,
             "reward_mean": float(combined.mean()),
             "reward_std": float(combined.std()),
             **{f"reward_{name}": float(values.mean()) for name, values in scores.items()},
-            "loss": float(np.mean([s["loss"] for s in stats])),
-            "ratio_mean": float(np.mean([s["ratio_mean"] for s in stats])),
-            "clip_fraction": float(np.mean([s["clip_fraction"] for s in stats])),
-            "kl": float(np.mean([s["kl"] for s in stats])),
-            "grad_norm": float(np.mean([s["grad_norm"] for s in stats])),
-            "surrogate_cv_within_group": within_group_cv(surrogate_old.float().cpu(), cfg.rollout.group_size),
+            **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},
+            **self.diagnostics(batch),
             "advantage_abs_mean": float(advantages.abs().mean()),
             "iteration_s": time.perf_counter() - started,
             **times,
         }
-        metrics["images_per_s"] = n_images / metrics["iteration_s"]
+        metrics["images_per_s"] = len(generation.prompts) / metrics["iteration_s"]
         return metrics
 
-    @torch.no_grad()
-    def rollout(self, prompts: list[str]) -> tuple[torch.Tensor, np.ndarray, PromptEmbeddings, list[str]]:
-        """G images per prompt with the configured ODE solver: (latents, uint8 images, embeddings, prompts)."""
-        cfg = self.config.rollout
-        self.adapter.denoiser.eval()
-        embeddings = self.adapter.encode_prompts(prompts).repeat_interleave(cfg.group_size)
-        prompt_per_image = [p for p in prompts for _ in range(cfg.group_size)]
+    def expand_prompts(self, prompts: list[str]) -> tuple[PromptEmbeddings, list[str], torch.Tensor]:
+        """Embeddings and prompts repeated G times, and the rollouts' initial noise."""
+        group_size = self.config.rollout.group_size
+        embeddings = self.adapter.encode_prompts(prompts).repeat_interleave(group_size)
+        prompt_per_image = [p for p in prompts for _ in range(group_size)]
         noise = torch.randn(len(prompt_per_image), *self.adapter.latent_shape, generator=self.generator)
-        noise = noise.to(self.adapter.device, self.adapter.dtype)
-        null = self.adapter.encode_prompts([""]) if cfg.guidance_scale != 1.0 else None  # once, not per chunk
-        chunks = []
-        for start in range(0, len(prompt_per_image), cfg.batch_size):
-            part = slice(start, start + cfg.batch_size)
-            with self._autocast():
-                chunks.append(
-                    self.adapter.sample(embeddings[part], noise[part], cfg.steps, cfg.solver, cfg.guidance_scale, null)
-                )
-        latents = torch.cat(chunks).to(self.adapter.dtype)
-        return latents, self.adapter.decode(latents), embeddings, prompt_per_image
+        return embeddings, prompt_per_image, noise.to(self.adapter.device, self.adapter.dtype)
 
-    def _chunks(self, n: int) -> list[slice]:
-        """Slices of the batch with at most rollout.batch_size model inputs (images x N_MC) each."""
-        per_chunk = max(1, self.config.rollout.batch_size // self.config.vgrpo.n_mc)
+    def batch_slices(self, n: int, inputs_per_item: int = 1) -> list[slice]:
+        """Slices of n items with at most rollout.batch_size model inputs each."""
+        per_chunk = max(1, self.config.rollout.batch_size // inputs_per_item)
         return [slice(start, start + per_chunk) for start in range(0, n, per_chunk)]
 
-    def _surrogate_chunk(
-        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config.vgrpo
-        expanded = embeddings.repeat_interleave(cfg.n_mc)  # one embedding per (image, pair)
-
-        def velocity(z: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-            return self.adapter.velocity(z, tt, expanded).float()
-
-        with self._autocast():
-            return elbo_surrogate(
-                velocity, latents.float(), t, eps.float(), cfg.parameterisation, cfg.adaptive_weighting
-            )
-
-    @torch.no_grad()
-    def surrogate(
-        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """s [B] at the current weights (theta_old), and x_hat when the beta penalty needs it."""
-        keep_x_hat = self.config.vgrpo.beta > 0
-        surrogates, x_hats = [], []
-        for part in self._chunks(latents.shape[0]):
-            s, x_hat = self._surrogate_chunk(latents[part], embeddings[part], t[part], eps[part])
-            surrogates.append(s)
-            if keep_x_hat:
-                x_hats.append(x_hat)
-        return torch.cat(surrogates), (torch.cat(x_hats) if keep_x_hat else None)
-
-    def gradient_step(self, rollout: Rollout) -> dict[str, float]:
-        """One AdamW step on the clipped objective, accumulated over chunks of the batch."""
-        cfg = self.config
-        self.adapter.denoiser.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        n = rollout.latents.shape[0]
-        totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
-        for part in self._chunks(n):
-            s, x_hat = self._surrogate_chunk(
-                rollout.latents[part], rollout.embeddings[part], rollout.t[part], rollout.eps[part]
-            )
-            terms = vgrpo_loss(
-                s,
-                rollout.surrogate_old[part],
-                rollout.advantages[part],
-                cfg.vgrpo.clip_epsilon,
-                x_hat if rollout.x_hat_old is not None else None,
-                None if rollout.x_hat_old is None else rollout.x_hat_old[part],
-                cfg.vgrpo.beta,
-            )
-            weight = s.shape[0] / n
-            (terms.loss * weight).backward()
-            totals["loss"] += float(terms.loss.detach()) * weight
-            totals["ratio_mean"] += terms.ratio_mean * weight
-            totals["clip_fraction"] += terms.clip_fraction * weight
-            totals["kl"] += terms.kl * weight
-        max_norm = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else math.inf
+    def optimizer_step(self) -> float:
+        """Clip the accumulated gradient, step AdamW; returns the gradient norm before clipping."""
+        max_norm = self.config.optimizer.grad_clip if self.config.optimizer.grad_clip > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm))
         self.optimizer.step()
-        self.adapter.denoiser.eval()
-        return {**totals, "grad_norm": grad_norm}
+        return grad_norm
 
     @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
+    def autocast(self) -> Iterator[None]:
         if self.autocast_bf16:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 yield
@@ -259,6 +211,130 @@ class VGRPOTrainer:
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
         self.prompts.rng.setstate(state["prompt_rng"])  # type: ignore[arg-type]
         torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
+
+
+class VGRPOTrainer(GroupTrainer):
+    """V-GRPO: deterministic ODE rollouts, one ELBO-surrogate ratio per image (METHOD.md sections 3-6).
+
+    With `algorithm: naive-elbo` the same loop runs the FPO-like ablation: independent uniform
+    pairs, v-MSE, no normaliser (see `algorithm_vgrpo_config`).
+    """
+
+    def __init__(self, adapter: DenoiserAdapter, rewards: RewardMix, config: TrainConfig) -> None:
+        super().__init__(adapter, rewards, config)
+        self.vgrpo = algorithm_vgrpo_config(config)
+        self.advantage_eps = self.vgrpo.advantage_eps
+
+    @property
+    def gradient_steps(self) -> int:
+        return self.vgrpo.gradient_steps
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> tuple[Generation, None]:
+        cfg = self.config.rollout
+        self.adapter.denoiser.eval()
+        embeddings, prompt_per_image, noise = self.expand_prompts(prompts)
+        null = self.adapter.encode_prompts([""]) if cfg.guidance_scale != 1.0 else None  # once, not per chunk
+        chunks = []
+        for part in self.batch_slices(len(prompt_per_image)):
+            with self.autocast():
+                chunks.append(
+                    self.adapter.sample(embeddings[part], noise[part], cfg.steps, cfg.solver, cfg.guidance_scale, null)
+                )
+        latents = torch.cat(chunks).to(self.adapter.dtype)
+        return Generation(prompt_per_image, latents, self.adapter.decode(latents), embeddings), None
+
+    def shape_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        return soft_clip(advantages, self.vgrpo.soft_clip_eta)
+
+    def old_pass(self, generation: Generation, trace: None, advantages: torch.Tensor) -> SurrogateBatch:
+        t, eps = draw_pairs(
+            len(generation.prompts) // self.config.rollout.group_size,
+            self.config.rollout.group_size,
+            self.adapter.latent_shape,
+            self.vgrpo,
+            self.adapter.time_shift,
+            self.generator,
+        )
+        t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
+        surrogate_old, x_hat_old = self.surrogate(generation.latents, generation.embeddings, t, eps)
+        return SurrogateBatch(generation, advantages, t, eps, surrogate_old, x_hat_old)
+
+    def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
+        return {
+            "surrogate_cv_within_group": within_group_cv(
+                batch.surrogate_old.float().cpu(), self.config.rollout.group_size
+            )
+        }
+
+    def _surrogate_chunk(
+        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.vgrpo
+        expanded = embeddings.repeat_interleave(cfg.n_mc)  # one embedding per (image, pair)
+
+        def velocity(z: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+            return self.adapter.velocity(z, tt, expanded).float()
+
+        with self.autocast():
+            return elbo_surrogate(
+                velocity, latents.float(), t, eps.float(), cfg.parameterisation, cfg.adaptive_weighting
+            )
+
+    @torch.no_grad()
+    def surrogate(
+        self, latents: torch.Tensor, embeddings: PromptEmbeddings, t: torch.Tensor, eps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """s [B] at the current weights (theta_old), and x_hat when the beta penalty needs it."""
+        keep_x_hat = self.vgrpo.beta > 0
+        surrogates, x_hats = [], []
+        for part in self.batch_slices(latents.shape[0], self.vgrpo.n_mc):
+            s, x_hat = self._surrogate_chunk(latents[part], embeddings[part], t[part], eps[part])
+            surrogates.append(s)
+            if keep_x_hat:
+                x_hats.append(x_hat)
+        return torch.cat(surrogates), (torch.cat(x_hats) if keep_x_hat else None)
+
+    def gradient_step(self, batch: SurrogateBatch) -> dict[str, float]:
+        """One AdamW step on the clipped objective, accumulated over chunks of the batch."""
+        cfg = self.vgrpo
+        self.adapter.denoiser.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        generation = batch.generation
+        n = generation.latents.shape[0]
+        totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
+        for part in self.batch_slices(n, cfg.n_mc):
+            s, x_hat = self._surrogate_chunk(
+                generation.latents[part], generation.embeddings[part], batch.t[part], batch.eps[part]
+            )
+            terms = vgrpo_loss(
+                s,
+                batch.surrogate_old[part],
+                batch.advantages[part],
+                cfg.clip_epsilon,
+                x_hat if batch.x_hat_old is not None else None,
+                None if batch.x_hat_old is None else batch.x_hat_old[part],
+                cfg.beta,
+            )
+            weight = s.shape[0] / n
+            (terms.loss * weight).backward()
+            totals["loss"] += float(terms.loss.detach()) * weight
+            totals["ratio_mean"] += terms.ratio_mean * weight
+            totals["clip_fraction"] += terms.clip_fraction * weight
+            totals["kl"] += terms.kl * weight
+        grad_norm = self.optimizer_step()
+        self.adapter.denoiser.eval()
+        return {**totals, "grad_norm": grad_norm}
+
+
+def algorithm_vgrpo_config(config: TrainConfig) -> VGRPOConfig:
+    """The V-GRPO settings the run uses: `config.vgrpo`, or for `naive-elbo` the same with every
+    variance reduction off and the plain v-MSE (the FPO-like ablation, METHOD.md section 8)."""
+    if config.algorithm == "naive-elbo":
+        return dataclasses.replace(
+            config.vgrpo, pair_sharing="none", stratified=False, parameterisation="v", adaptive_weighting=False
+        )
+    return config.vgrpo
 
 
 @contextlib.contextmanager

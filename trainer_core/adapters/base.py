@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from trainer_core import lora
-from trainer_core.samplers import solve
+from trainer_core.samplers import VelocityFn, solve
 
 
 @dataclass
@@ -100,6 +100,25 @@ class DenoiserAdapter(ABC):
     def predict_x0(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
         return z - t.view(-1, *([1] * (z.dim() - 1))) * self.velocity(z, t, embeddings)
 
+    def guided_velocity(
+        self, embeddings: PromptEmbeddings, guidance_scale: float = 1.0, null_embeddings: PromptEmbeddings | None = None
+    ) -> VelocityFn:
+        """(z, t) -> velocity for these prompts, with classifier-free guidance when guidance_scale != 1.
+
+        `null_embeddings` is the empty prompt's embedding (batch 1); encoded here if not given.
+        """
+        if guidance_scale == 1.0:
+            return lambda z, t: self.velocity(z, t, embeddings)
+        null = null_embeddings if null_embeddings is not None else self.encode_prompts([""])
+        null = null.map(lambda x: x[:1].expand(len(embeddings), *x.shape[1:]))
+        both = PromptEmbeddings.cat([null, embeddings])
+
+        def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v_null, v_cond = self.velocity(torch.cat([z, z]), torch.cat([t, t]), both).chunk(2)
+            return v_null + guidance_scale * (v_cond - v_null)
+
+        return guided
+
     @torch.no_grad()
     def sample(
         self,
@@ -110,21 +129,9 @@ class DenoiserAdapter(ABC):
         guidance_scale: float = 1.0,
         null_embeddings: PromptEmbeddings | None = None,
     ) -> torch.Tensor:
-        """Latents [B, C, H, W] at t = 0 from noise at t = 1, deterministic.
-
-        With guidance, `null_embeddings` is the empty prompt's embedding (batch 1); encoded here if not given.
-        """
-        if guidance_scale != 1.0:
-            null = null_embeddings if null_embeddings is not None else self.encode_prompts([""])
-            null = null.map(lambda x: x[:1].expand(len(embeddings), *x.shape[1:]))
-            both = PromptEmbeddings.cat([null, embeddings])
-
-            def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                v_null, v_cond = self.velocity(torch.cat([z, z]), torch.cat([t, t]), both).chunk(2)
-                return v_null + guidance_scale * (v_cond - v_null)
-
-            return solve(guided, noise, steps, solver, self.time_shift)
-        return solve(lambda z, t: self.velocity(z, t, embeddings), noise, steps, solver, self.time_shift)
+        """Latents [B, C, H, W] at t = 0 from noise at t = 1, deterministic."""
+        velocity = self.guided_velocity(embeddings, guidance_scale, null_embeddings)
+        return solve(velocity, noise, steps, solver, self.time_shift)
 
     def noise(self, seeds: list[int]) -> torch.Tensor:
         """Standard normal latents [B, C, H, W], one per seed, independent of the batch."""

@@ -93,11 +93,9 @@ class RewardMix:
         """The weighted sum of rewards [B] (what `reward_mean` reports)."""
         return sum(self.config.weights[name] * scores[name] for name in self.rewards)  # type: ignore[return-value]
 
-    def advantages(
-        self, scores: dict[str, np.ndarray], group_size: int, eps: float = 1e-4, soft_clip_eta: float = 0.0
-    ) -> torch.Tensor:
+    def advantages(self, scores: dict[str, np.ndarray], group_size: int, eps: float = 1e-4) -> torch.Tensor:
         """Group-normalised advantages [B] under the configured aggregation."""
-        from trainer_core.vgrpo import group_advantages, soft_clip
+        from trainer_core.vgrpo import group_advantages
 
         def normalise(values: np.ndarray) -> torch.Tensor:
             return group_advantages(torch.as_tensor(values, dtype=torch.float32), group_size, eps)
@@ -106,4 +104,4 @@ class RewardMix:
             advantages = normalise(self.combined(scores))
         else:
             advantages = sum(self.config.weights[n] * normalise(scores[n]) for n in self.rewards)  # type: ignore[assignment]
-        return soft_clip(advantages, soft_clip_eta)
+        return advantages

@@ -1,0 +1,148 @@
+"""The MDP baselines: the SDE step, its log-prob, MixGRPO's window, and one iteration of each method."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainer_core.adapters import load_adapter
+from trainer_core.algorithms import make_trainer
+from trainer_core.config import ConfigError, FlowGRPOConfig, MixGRPOConfig, RolloutConfig, TrainConfig, from_dict
+from trainer_core.mdp_trainer import sde_window
+from trainer_core.rewards.base import RewardMix
+from trainer_core.rewards.builtin import builtin_rewards
+from trainer_core.sde import gaussian_log_prob, mean_kl, sde_step_mean_std
+
+
+def test_sde_step_mean_and_variance_match_the_formula():
+    torch.manual_seed(0)
+    z, v = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    t, t_next, a, t_cap = 0.6, 0.45, 0.7, 0.9
+    mean, std = sde_step_mean_std(z, v, t, t_next, a, t_cap)
+    # The formula written out independently: s_t = a sqrt(t / (1 - t)), dt = t_next - t.
+    s_t = a * math.sqrt(t / (1 - t))
+    dt = t_next - t
+    expected_mean = z + (v + s_t**2 / (2 * t) * (z + (1 - t) * v)) * dt
+    assert torch.allclose(mean, expected_mean, atol=1e-6)
+    assert std == pytest.approx(s_t * math.sqrt(-dt))
+    # Draws from the step have that mean and variance.
+    draws = mean + std * torch.randn(20000, 3, 4, 4)
+    assert torch.allclose(draws.mean(0), mean[0], atol=4 * std / math.sqrt(20000) * 1.5)
+    assert draws.var(0).mean().item() == pytest.approx(std**2, rel=0.02)
+
+
+def test_sde_sigma_is_capped_at_t_equal_one():
+    z, v = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    mean, std = sde_step_mean_std(z, v, 1.0, 0.9, 0.7, t_cap=0.9)
+    assert torch.isfinite(mean).all() and math.isfinite(std)
+    assert std == pytest.approx(0.7 * math.sqrt(0.9 / 0.1) * math.sqrt(0.1))
+
+
+def test_log_prob_of_the_sampled_next_state_is_the_gaussian_density():
+    torch.manual_seed(1)
+    z, v = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    mean, std = sde_step_mean_std(z, v, 0.5, 0.4, 0.7, 0.9)
+    z_next = mean + std * torch.randn_like(mean)
+    independent = torch.distributions.Normal(mean, std).log_prob(z_next).flatten(1).mean(1)
+    assert torch.allclose(gaussian_log_prob(z_next, mean, std), independent, atol=1e-5)
+    # KL between the step Gaussians of two means, closed form vs Monte Carlo: E_p[log p - log q].
+    other = mean + 0.1 * torch.randn_like(mean)
+    draws = mean + std * torch.randn(4000, *mean.shape)
+    p = torch.distributions.Normal(mean, std)
+    q = torch.distributions.Normal(other, std)
+    mc = (p.log_prob(draws) - q.log_prob(draws)).mean(0).flatten(1).mean(1)
+    assert torch.allclose(mean_kl(mean, other, std), mc, rtol=0.1, atol=2e-3)
+
+
+def test_with_noise_level_zero_the_sde_step_is_the_euler_step():
+    z, v = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    mean, std = sde_step_mean_std(z, v, 0.7, 0.55, 0.0, 0.9)
+    assert std == 0.0
+    assert torch.allclose(mean, z + (0.55 - 0.7) * v)
+
+
+def test_an_sde_step_must_run_backwards_in_time():
+    with pytest.raises(ValueError, match="t_next < t"):
+        sde_step_mean_std(torch.zeros(1, 1), torch.zeros(1, 1), 0.3, 0.4, 0.7, 0.9)
+
+
+def test_mixgrpo_window_moves_as_configured():
+    mix = MixGRPOConfig(window_size=3, window_start=1, window_stride=2, window_interval=5)
+    starts = [sde_window(10, iteration, "mix-grpo", mix).start for iteration in range(0, 30)]
+    assert starts[:5] == [1] * 5  # holds for window_interval iterations
+    assert starts[5:10] == [3] * 5 and starts[10:15] == [5] * 5
+    assert starts[15:] == [7] * 15  # holds at the end: 7 + 3 = 10 steps
+    assert list(sde_window(10, 0, "mix-grpo", mix)) == [1, 2, 3]
+    assert list(sde_window(10, 17, "flow-grpo", mix)) == list(range(10))
+
+
+def test_baseline_configs_name_their_fields():
+    with pytest.raises(ConfigError, match=r"flow_grpo\.noise_level"):
+        FlowGRPOConfig(noise_level=-1)
+    with pytest.raises(ConfigError, match=r"flow_grpo\.timestep_fraction"):
+        FlowGRPOConfig(timestep_fraction=0)
+    with pytest.raises(ConfigError, match=r"mix_grpo\.window_interval"):
+        MixGRPOConfig(window_interval=0)
+    with pytest.raises(ConfigError, match=r"mix_grpo\.window_size"):
+        TrainConfig(algorithm="mix-grpo", rollout=RolloutConfig(steps=3), mix_grpo=MixGRPOConfig(window_size=4))
+    with pytest.raises(ConfigError, match="algorithm"):
+        from_dict(TrainConfig, {"algorithm": "dpo"})
+
+
+@pytest.mark.parametrize("algorithm", ["flow-grpo", "mix-grpo", "naive-elbo"])
+def test_one_iteration_of_each_baseline_trains_only_the_lora(tiny_model, tiny_config, algorithm):
+    config = tiny_config(
+        algorithm=algorithm,
+        rollout=RolloutConfig(prompts_per_iteration=2, group_size=4, steps=4, solver="euler", batch_size=16),
+        flow_grpo=FlowGRPOConfig(gradient_steps=2, beta=0.04),
+        mix_grpo=MixGRPOConfig(window_size=2, window_interval=1),
+    )
+    adapter = load_adapter(tiny_model, "cpu")
+    trainer = make_trainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
+    base_before = {k: v.clone() for k, v in adapter.denoiser.named_parameters() if "lora_" not in k}
+    lora_before = {k: v.clone() for k, v in adapter.denoiser.named_parameters() if "lora_" in k}
+    first = trainer.step()
+    for key in ("reward_mean", "loss", "ratio_mean", "clip_fraction", "kl", "grad_norm", "images_per_s"):
+        assert np.isfinite(first[key]), key
+    after = dict(adapter.denoiser.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in base_before.items())
+    assert any(not torch.equal(after[k], v) for k, v in lora_before.items())
+    if algorithm == "mix-grpo":
+        assert first["window_start"] == 0 and first["trained_steps"] == 2
+        assert trainer.step()["window_start"] == 1  # window_interval=1: it moved
+    if algorithm == "flow-grpo":
+        assert first["trained_steps"] == 4
+
+
+def test_recomputed_step_log_probs_equal_the_rollouts_at_theta_old(tiny_model, tiny_config):
+    """The stored log-probs are those of the policy that sampled: at theta = theta_old every ratio is 1."""
+    config = tiny_config(
+        algorithm="flow-grpo",
+        rollout=RolloutConfig(prompts_per_iteration=2, group_size=4, steps=4, solver="euler", batch_size=16),
+        flow_grpo=FlowGRPOConfig(gradient_steps=1, beta=0.0),
+    )
+    adapter = load_adapter(tiny_model, "cpu")
+    trainer = make_trainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
+    generation, trajectory = trainer.generate(["a red circle", "two blue squares"])
+    assert trajectory.states.shape == (5, 8, *adapter.latent_shape)
+    assert torch.equal(trajectory.states[-1].to(generation.latents.dtype), generation.latents)
+    with torch.no_grad():
+        for step in range(4):
+            z = trajectory.states[step]
+            mean, std = trainer.step_mean_std(z, trainer._velocity(z, step, generation.embeddings), step)
+            recomputed = gaussian_log_prob(trajectory.states[step + 1], mean, std)
+            assert torch.allclose(recomputed, trajectory.log_probs_old[step], atol=1e-4)
+
+
+def test_naive_elbo_turns_every_variance_reduction_off(tiny_config):
+    from trainer_core.trainer import algorithm_vgrpo_config
+
+    naive = algorithm_vgrpo_config(tiny_config(algorithm="naive-elbo"))
+    assert (naive.pair_sharing, naive.stratified, naive.parameterisation, naive.adaptive_weighting) == (
+        "none",
+        False,
+        "v",
+        False,
+    )
+    assert algorithm_vgrpo_config(tiny_config()).pair_sharing == "group"

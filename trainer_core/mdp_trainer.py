@@ -1,0 +1,179 @@
+"""The MDP-based baselines: Flow-GRPO and MixGRPO (METHOD.md section 8).
+
+They share everything with V-GRPO but the likelihood: rollouts run the SDE of `trainer_core.sde`
+(MixGRPO: only inside a sliding window of steps, the ODE elsewhere), every stochastic step
+stores its Gaussian log-prob at theta_old, and the loss is a clipped ratio per step:
+
+    rho_ij = exp(log p_theta(z_j+1 | z_j) - log p_old(z_j+1 | z_j))
+    loss   = mean_j [ -mean_i min(rho_ij A_i, clip(rho_ij, 1 - eps, 1 + eps) A_i) + beta KL_j(theta || ref) ]
+
+with advantages clamped to +-advantage_clip and the KL to the reference model (LoRA disabled)
+in closed form between the two step Gaussians. The reference means are computed once per
+iteration in the old pass (the reference never changes), gradients of all trained steps are
+accumulated into one optimiser step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.config import FlowGRPOConfig, MixGRPOConfig, TrainConfig
+from trainer_core.rewards.base import RewardMix
+from trainer_core.samplers import sigma_grid
+from trainer_core.sde import gaussian_log_prob, mean_kl, sde_step_mean_std
+from trainer_core.trainer import Generation, GroupTrainer
+
+
+def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig) -> range:
+    """Indices of the rollout steps that are stochastic (and trained) at `iteration` (0-based).
+
+    Flow-GRPO: all of them. MixGRPO: `window_size` steps starting at `window_start`, moving
+    `window_stride` steps later every `window_interval` iterations and then holding at the end.
+    """
+    if algorithm != "mix-grpo":
+        return range(steps)
+    size = min(mix.window_size, steps)
+    start = min(mix.window_start + mix.window_stride * (iteration // mix.window_interval), steps - size)
+    return range(start, start + size)
+
+
+@dataclass
+class Trajectory:
+    """The sampling chain of one iteration, batch-aligned [B]."""
+
+    states: torch.Tensor  # [K + 1, B, C, H, W], states[0] is the noise
+    log_probs_old: torch.Tensor  # [K, B], zero on deterministic steps
+    window: range  # the stochastic steps
+    trained_steps: list[int]  # the steps the loss uses: the window, or a random part of it
+
+
+@dataclass
+class StepBatch:
+    generation: Generation
+    trajectory: Trajectory
+    advantages: torch.Tensor  # [B]
+    mean_ref: dict[int, torch.Tensor]  # step -> reference mean [B, C, H, W], only when beta > 0
+
+
+class FlowGRPOTrainer(GroupTrainer):
+    """Flow-GRPO (`algorithm: flow-grpo`) and MixGRPO (`algorithm: mix-grpo`)."""
+
+    def __init__(self, adapter: DenoiserAdapter, rewards: RewardMix, config: TrainConfig) -> None:
+        super().__init__(adapter, rewards, config)
+        self.flow: FlowGRPOConfig = config.flow_grpo
+        self.sigmas = sigma_grid(config.rollout.steps, adapter.time_shift).tolist()
+        self.t_cap = self.sigmas[1] if self.sigmas[1] < 1 else 1 - 1e-3
+        guided = config.rollout.guidance_scale != 1.0
+        self.null = adapter.encode_prompts([""]) if guided else None  # CFG's empty prompt, encoded once
+
+    @property
+    def gradient_steps(self) -> int:
+        return self.flow.gradient_steps
+
+    def shape_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        return advantages.clamp(-self.flow.advantage_clip, self.flow.advantage_clip)
+
+    def step_mean_std(self, z: torch.Tensor, v: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+        t, t_next = self.sigmas[step], self.sigmas[step + 1]
+        return sde_step_mean_std(z, v, t, t_next, self.flow.noise_level, self.t_cap)
+
+    def _t(self, step: int, n: int) -> torch.Tensor:
+        return torch.full((n,), self.sigmas[step], device=self.adapter.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> tuple[Generation, Trajectory]:
+        cfg = self.config.rollout
+        self.adapter.denoiser.eval()
+        embeddings, prompt_per_image, noise = self.expand_prompts(prompts)
+        window = sde_window(cfg.steps, self.iteration, self.config.algorithm, self.config.mix_grpo)
+        trained = self._trained_steps(window)
+        states = [noise.float()]
+        log_probs = torch.zeros(cfg.steps, noise.shape[0], device=noise.device)
+        z = noise.float()
+        for step in range(cfg.steps):
+            t, t_next = self.sigmas[step], self.sigmas[step + 1]
+            v = torch.cat([self._velocity(z[part], step, embeddings[part]) for part in self.batch_slices(z.shape[0])])
+            if step in window:
+                mean, std = self.step_mean_std(z, v, step)
+                z = mean + std * torch.randn(z.shape, generator=self.generator).to(z.device)
+                log_probs[step] = gaussian_log_prob(z, mean, std)
+            else:
+                z = z + (t_next - t) * v  # the ODE's Euler step outside MixGRPO's window
+            states.append(z)
+        latents = z.to(self.adapter.dtype)
+        generation = Generation(prompt_per_image, latents, self.adapter.decode(latents), embeddings)
+        return generation, Trajectory(torch.stack(states), log_probs, window, trained)
+
+    def _trained_steps(self, window: range) -> list[int]:
+        """The window's steps, or a random `timestep_fraction` of them (at least one)."""
+        steps = list(window)
+        keep = max(1, round(self.flow.timestep_fraction * len(steps)))
+        if keep == len(steps):
+            return steps
+        order = torch.randperm(len(steps), generator=self.generator)[:keep]
+        return sorted(steps[i] for i in order.tolist())
+
+    def _velocity(self, z: torch.Tensor, step: int, embeddings: PromptEmbeddings) -> torch.Tensor:
+        """The (guided, when rollouts are) velocity at grid step `step`, in fp32."""
+        with self.autocast():
+            velocity = self.adapter.guided_velocity(embeddings, self.config.rollout.guidance_scale, self.null)
+            return velocity(z.to(self.adapter.dtype), self._t(step, z.shape[0])).float()
+
+    @torch.no_grad()
+    def old_pass(self, generation: Generation, trace: Trajectory, advantages: torch.Tensor) -> StepBatch:
+        """Reference means on the trained steps (the old log-probs came with the rollout)."""
+        mean_ref: dict[int, torch.Tensor] = {}
+        if self.flow.beta > 0:
+            with self.adapter.lora_disabled():
+                for step in trace.trained_steps:
+                    z = trace.states[step]
+                    v = torch.cat(
+                        [
+                            self._velocity(z[part], step, generation.embeddings[part])
+                            for part in self.batch_slices(z.shape[0])
+                        ]
+                    )
+                    mean_ref[step] = self.step_mean_std(z, v, step)[0]
+        return StepBatch(generation, trace, advantages, mean_ref)
+
+    def gradient_step(self, batch: StepBatch) -> dict[str, float]:
+        """Clipped per-step ratios plus the KL to the reference, accumulated over steps and chunks."""
+        cfg = self.flow
+        self.adapter.denoiser.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        trajectory, embeddings = batch.trajectory, batch.generation.embeddings
+        n, steps = trajectory.states.shape[1], trajectory.trained_steps
+        totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
+        for step in steps:
+            for part in self.batch_slices(n):
+                z, z_next = trajectory.states[step][part], trajectory.states[step + 1][part]
+                v = self._velocity(z, step, embeddings[part])
+                mean, std = self.step_mean_std(z, v, step)
+                log_ratio = gaussian_log_prob(z_next, mean, std) - trajectory.log_probs_old[step][part]
+                ratio = torch.exp(log_ratio)
+                advantages = batch.advantages[part]
+                clipped = ratio.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon) * advantages
+                loss = -torch.minimum(ratio * advantages, clipped).mean()
+                if step in batch.mean_ref:
+                    kl = mean_kl(mean, batch.mean_ref[step][part], std).mean()
+                    loss = loss + cfg.beta * kl
+                else:
+                    kl = (log_ratio.exp() - 1 - log_ratio).mean().detach()  # k3 estimate to theta_old
+                weight = z.shape[0] / n / len(steps)
+                (loss * weight).backward()
+                totals["loss"] += float(loss.detach()) * weight
+                totals["ratio_mean"] += float(ratio.detach().mean()) * weight
+                totals["clip_fraction"] += (
+                    float(((ratio.detach() - 1).abs() > cfg.clip_epsilon).float().mean()) * weight
+                )
+                totals["kl"] += float(kl.detach()) * weight
+        grad_norm = self.optimizer_step()
+        self.adapter.denoiser.eval()
+        return {**totals, "grad_norm": grad_norm}
+
+    def diagnostics(self, batch: StepBatch) -> dict[str, float]:
+        trajectory = batch.trajectory
+        return {"window_start": float(trajectory.window.start), "trained_steps": float(len(trajectory.trained_steps))}
