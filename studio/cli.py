@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--repeats", type=int, default=3)
     sampling.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     sampling.add_argument("--out", type=Path, default=Path("bench/results/sampling.json"))
+
+    speed = benches.add_parser("speed", help="every method under one wall-clock budget: accuracy vs time")
+    speed.add_argument("--budget-minutes", type=float, required=True, help="training time per method and seed")
+    speed.add_argument("--seeds", type=int, default=2, help="training seeds per method: 0..N-1")
+    speed.add_argument("--methods", default="vgrpo,flow-grpo,mix-grpo", help="comma-separated; must include flow-grpo")
+    speed.add_argument("--marks", type=int, default=6, help="LoRA snapshots per run, evenly spaced in training time")
+    speed.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
+    speed.add_argument("--eval-seeds", type=int, default=2)
+    speed.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
+    speed.add_argument("--device", default="auto")
+    speed.add_argument("--out", type=Path, required=True, help="directory for speed.json, the plot and speed.md")
     return parser
 
 
@@ -222,7 +233,28 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from studio.bench import format_rows, sampling_throughput, write_report
+    {"sampling": bench_sampling, "speed": bench_speed}[args.bench](args)
+
+
+def bench_speed(args: argparse.Namespace) -> None:
+    from studio.bench.speed import method_configs, speed_benchmark, write_speed_report
+
+    if args.budget_minutes <= 0:
+        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
+    if args.seeds < 1 or args.marks < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
+        raise CliError("--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    configs = method_configs(methods, args.model, args.device)
+    report = speed_benchmark(
+        configs, args.budget_minutes, list(range(args.seeds)), args.marks, args.eval_per_category, args.eval_seeds
+    )
+    print(write_speed_report(report, args.out))
+    print(f"wrote {args.out}/speed.json, speed.md, accuracy_vs_wall_clock.png")
+
+
+def bench_sampling(args: argparse.Namespace) -> None:
+    from studio.bench import format_rows, write_report
+    from studio.bench.sampling import sampling_throughput
     from trainer_core.samplers import get_solver
 
     solvers = [s.strip() for s in args.solvers.split(",") if s.strip()]

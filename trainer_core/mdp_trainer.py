@@ -174,6 +174,13 @@ class FlowGRPOTrainer(GroupTrainer):
         self.adapter.denoiser.eval()
         return {**totals, "grad_norm": grad_norm}
 
+    def model_evaluations(self, batch: StepBatch) -> int:
+        guidance = 2 if self.config.rollout.guidance_scale != 1.0 else 1  # every pass is guided
+        trained = len(batch.trajectory.trained_steps)
+        reference = trained if batch.mean_ref else 0
+        per_image = guidance * (self.config.rollout.steps + reference + 3 * self.flow.gradient_steps * trained)
+        return per_image * len(batch.generation.prompts)
+
     def diagnostics(self, batch: StepBatch) -> dict[str, float]:
         trajectory = batch.trajectory
         return {"window_start": float(trajectory.window.start), "trained_steps": float(len(trajectory.trained_steps))}

@@ -34,6 +34,7 @@ import torch
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
 from trainer_core.rewards.base import RewardMix
+from trainer_core.samplers import SOLVER_NFE
 from trainer_core.vgrpo import VGRPOConfig, draw_pairs, elbo_surrogate, soft_clip, vgrpo_loss, within_group_cv
 
 
@@ -127,6 +128,10 @@ class GroupTrainer(ABC):
     def gradient_step(self, batch: Any) -> dict[str, float]:
         """One optimiser step; returns loss, ratio_mean, clip_fraction, kl and grad_norm."""
 
+    @abstractmethod
+    def model_evaluations(self, batch: Any) -> int:
+        """NFE of the whole iteration over all images, a backward pass counting as two forwards."""
+
     def diagnostics(self, batch: Any) -> dict[str, float]:
         """Algorithm-specific metrics of the iteration."""
         return {}
@@ -158,6 +163,7 @@ class GroupTrainer(ABC):
             **{f"reward_{name}": float(values.mean()) for name, values in scores.items()},
             **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},
             **self.diagnostics(batch),
+            "nfe": self.model_evaluations(batch),
             "advantage_abs_mean": float(advantages.abs().mean()),
             "iteration_s": time.perf_counter() - started,
             **times,
@@ -259,6 +265,12 @@ class VGRPOTrainer(GroupTrainer):
         t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
         surrogate_old, x_hat_old = self.surrogate(generation.latents, generation.embeddings, t, eps)
         return SurrogateBatch(generation, advantages, t, eps, surrogate_old, x_hat_old)
+
+    def model_evaluations(self, batch: SurrogateBatch) -> int:
+        cfg, rollout = self.vgrpo, self.config.rollout
+        guidance = 2 if rollout.guidance_scale != 1.0 else 1
+        per_image = guidance * SOLVER_NFE[rollout.solver](rollout.steps) + cfg.n_mc + 3 * cfg.gradient_steps * cfg.n_mc
+        return per_image * len(batch.generation.prompts)
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
         return {

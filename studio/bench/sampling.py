@@ -1,22 +1,14 @@
-"""Benchmarks behind `vgrpo bench ...`: each writes JSON and prints a table."""
+"""`vgrpo bench sampling`: images per second of deterministic ODE sampling."""
 
 from __future__ import annotations
 
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from studio.bench import device_name
 from trainer_core.adapters import load_adapter
 from trainer_core.samplers import SOLVER_NFE
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def sampling_throughput(
@@ -51,16 +43,3 @@ def sampling_throughput(
             }
         )
     return {"benchmark": "sampling", "model": model, "device": device_name(device), "results": rows}
-
-
-def format_rows(rows: list[dict[str, object]], columns: list[str]) -> str:
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
-def write_report(report: dict[str, object], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))

@@ -1,0 +1,34 @@
+"""Benchmarks behind `vgrpo bench ...`: each writes JSON and prints a table; none is a test.
+
+- `sampling`   images per second of deterministic sampling per solver
+- `speed`      every method under one wall-clock budget: held-out accuracy vs time / steps / NFE
+- `ablation`   V-GRPO's knobs one at a time: final accuracy and within-group surrogate CV
+- `throughput` one iteration's time split, images per second, peak memory
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def format_rows(rows: list[dict[str, object]], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(r[c]).ljust(w) for c, w in zip(columns, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, object], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))

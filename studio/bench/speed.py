@@ -1,0 +1,305 @@
+"""`vgrpo bench speed`: V-GRPO against the MDP baselines under one wall-clock budget.
+
+Every method trains on the shapes world from its own tuned preset (same model, rewards, LoRA
+targets, prompt sampler and seeds) for the same budget of training wall-clock time. The LoRA is
+snapshotted at evenly spaced marks of training time (evaluation is not counted) and every
+snapshot is evaluated afterwards on a stratified part of the held-out set. The target is the
+best mean held-out accuracy Flow-GRPO reaches within the budget; the time, gradient steps and
+model evaluations (NFE, a backward counting as two) each method needs to reach it give the
+speedups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from studio.bench import device_name, format_rows, write_report
+from studio.training import build_rewards
+from trainer_core.adapters import load_adapter, resolve_device
+from trainer_core.adapters.base import DenoiserAdapter
+from trainer_core.algorithms import make_trainer
+from trainer_core.config import TrainConfig, load_preset, to_dict
+from trainer_core.shapes.evaluation import SamplingConfig, evaluate
+from trainer_core.shapes.grammar import CATEGORIES, SceneSpec
+from trainer_core.shapes.prompt_sets import load_heldout
+
+#: method -> its tuned preset on the shapes world
+METHOD_PRESETS = {
+    "vgrpo": "shapes-geneval",
+    "flow-grpo": "shapes-geneval-flow-grpo",
+    "mix-grpo": "shapes-geneval-mix-grpo",
+    "naive-elbo": "shapes-geneval-naive-elbo",
+}
+TARGET_METHOD = "flow-grpo"
+
+LoraState = dict[str, torch.Tensor]
+
+
+@dataclass
+class Snapshot:
+    """The LoRA at one mark of training time, and what it cost to get there."""
+
+    mark: int  # 0 is the base model; mark k is the first iteration boundary after k * budget / marks
+    wall_s: float
+    iteration: int
+    gradient_steps: int
+    nfe: int
+    train_reward: float  # mean training reward of the iterations since the previous snapshot
+    accuracy: float | None = None
+
+
+def heldout_subset(per_category: int) -> list[SceneSpec]:
+    """`per_category` held-out prompts of every category, evenly spread over the file."""
+    specs = load_heldout()
+    chosen: list[SceneSpec] = []
+    for category in CATEGORIES:
+        pool = [s for s in specs if s.category == category]
+        step = max(1, len(pool) // per_category)
+        chosen += pool[::step][:per_category]
+    return chosen
+
+
+def lora_state(adapter: DenoiserAdapter) -> LoraState:
+    return {n: p.detach().clone() for n, p in adapter.denoiser.named_parameters() if "lora_" in n}
+
+
+@torch.no_grad()
+def load_lora_state(adapter: DenoiserAdapter, state: LoraState) -> None:
+    params = dict(adapter.denoiser.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
+
+
+def train_with_budget(
+    config: TrainConfig, budget_s: float, marks: int, progress: Callable[[float, dict[str, float]], None] | None = None
+) -> tuple[DenoiserAdapter, list[Snapshot], list[LoraState]]:
+    """Train until `budget_s` seconds of iteration time are spent, snapshotting the LoRA at `marks` marks."""
+    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
+    trainer = make_trainer(adapter, build_rewards(config), config)
+    snapshots, states = [Snapshot(0, 0.0, 0, 0, 0, math.nan)], [lora_state(adapter)]
+    wall, steps, nfe, rewards = 0.0, 0, 0, []
+    next_mark = 1
+    while wall < budget_s:
+        metrics = trainer.step()
+        wall += metrics["iteration_s"]
+        steps += trainer.gradient_steps
+        nfe += int(metrics["nfe"])
+        rewards.append(metrics["reward_mean"])
+        if progress:
+            progress(wall, metrics)
+        if wall >= next_mark * budget_s / marks or wall >= budget_s:
+            mark = min(marks, math.floor(wall * marks / budget_s))
+            snapshots.append(Snapshot(mark, wall, trainer.iteration, steps, nfe, float(np.mean(rewards))))
+            states.append(lora_state(adapter))
+            rewards = []
+            next_mark = mark + 1
+    return adapter, snapshots, states
+
+
+def evaluate_snapshots(
+    adapter: DenoiserAdapter,
+    snapshots: list[Snapshot],
+    states: list[LoraState],
+    specs: list[SceneSpec],
+    seeds: int,
+    sampling: SamplingConfig,
+) -> None:
+    """Fill in every snapshot's held-out accuracy (overall, GenEval style)."""
+    for snapshot, state in zip(snapshots, states, strict=True):
+        load_lora_state(adapter, state)
+        snapshot.accuracy = evaluate(adapter, specs, seeds, sampling).accuracy["overall"]
+
+
+def first_reaching(snapshots: list[Snapshot], target: float) -> Snapshot | None:
+    return next((s for s in snapshots if s.accuracy is not None and s.accuracy >= target - 1e-9), None)
+
+
+def _spread(values: list[float | None]) -> dict[str, object]:
+    reached = [v for v in values if v is not None]
+    return {
+        "mean": float(np.mean(reached)) if reached else None,
+        "std": float(np.std(reached)) if reached else None,
+        "per_seed": values,
+        "reached": f"{len(reached)}/{len(values)}",
+    }
+
+
+def mean_curve(runs: list[list[Snapshot]], marks: int) -> list[dict[str, float]]:
+    """Mean accuracy and wall-clock per mark over seeds (marks every seed reached)."""
+    curve = []
+    for mark in range(marks + 1):
+        at = [next((s for s in run if s.mark == mark), None) for run in runs]
+        if all(a is not None for a in at):
+            curve.append(
+                {
+                    "mark": mark,
+                    "wall_s": float(np.mean([a.wall_s for a in at])),  # type: ignore[union-attr]
+                    "accuracy": float(np.mean([a.accuracy for a in at])),  # type: ignore[union-attr]
+                }
+            )
+    return curve
+
+
+def method_configs(methods: list[str], model: str | None = None, device: str = "auto") -> dict[str, TrainConfig]:
+    """Each method's tuned preset, with an unbounded iteration count (the budget stops it)."""
+    unknown = [m for m in methods if m not in METHOD_PRESETS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown[0]!r}; allowed: {', '.join(METHOD_PRESETS)}")
+    configs = {}
+    for method in methods:
+        config = load_preset(METHOD_PRESETS[method])
+        model_config = dataclasses.replace(config.model, name=model or config.model.name, device=device)
+        configs[method] = dataclasses.replace(config, iterations=10**6, model=model_config)
+    return configs
+
+
+def speed_benchmark(
+    configs: dict[str, TrainConfig],
+    budget_minutes: float,
+    seeds: list[int],
+    marks: int = 6,
+    eval_per_category: int = 20,
+    eval_seeds: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """Run every method (`configs`: method -> its config) for every seed under the budget."""
+    if TARGET_METHOD not in configs:
+        raise ValueError(f"--methods: must include {TARGET_METHOD}, whose best accuracy is the target")
+    budget_s = budget_minutes * 60
+    specs = heldout_subset(eval_per_category)
+    sampling = SamplingConfig()
+    results: dict[str, dict[str, object]] = {}
+    runs: dict[str, list[list[Snapshot]]] = {}
+    for method, config in configs.items():
+        runs[method] = []
+        for seed in seeds:
+            log(f"[{method} seed {seed}] training for {budget_s:.0f} s")
+            adapter, snapshots, states = train_with_budget(dataclasses.replace(config, seed=seed), budget_s, marks)
+            log(f"[{method} seed {seed}] {snapshots[-1].iteration} iterations; evaluating {len(snapshots)} snapshots")
+            evaluate_snapshots(adapter, snapshots, states, specs, eval_seeds, sampling)
+            runs[method].append(snapshots)
+            log(f"[{method} seed {seed}] accuracy " + " ".join(f"{s.accuracy:.3f}" for s in snapshots))
+        results[method] = {"preset": METHOD_PRESETS.get(method), "config": to_dict(config)}
+    device = next(iter(configs.values())).model.device
+
+    target_curve = mean_curve(runs[TARGET_METHOD], marks)
+    target = max(point["accuracy"] for point in target_curve[1:]) if len(target_curve) > 1 else math.nan
+    for method, method_runs in runs.items():
+        hits = [first_reaching(run, target) for run in method_runs]
+        results[method].update(
+            {
+                "runs": [
+                    {"seed": s, "snapshots": [dataclasses.asdict(p) for p in run]}
+                    for s, run in zip(seeds, method_runs, strict=True)
+                ],
+                "mean_curve": mean_curve(method_runs, marks),
+                "time_to_target_s": _spread([h.wall_s if h else None for h in hits]),
+                "gradient_steps_to_target": _spread([h.gradient_steps if h else None for h in hits]),
+                "nfe_to_target": _spread([h.nfe if h else None for h in hits]),
+                "final_accuracy": _spread([run[-1].accuracy for run in method_runs]),
+                "iterations": _spread([run[-1].iteration for run in method_runs]),
+            }
+        )
+    speedups = {}
+    vgrpo_time = results.get("vgrpo", {}).get("time_to_target_s", {}).get("mean")  # type: ignore[union-attr]
+    for method in configs:
+        other = results[method]["time_to_target_s"]["mean"]  # type: ignore[index]
+        if method != "vgrpo" and vgrpo_time and other:
+            speedups[method] = other / vgrpo_time
+    return {
+        "benchmark": "speed",
+        "device": device_name(str(resolve_device(device))),
+        "budget_s": budget_s,
+        "seeds": seeds,
+        "marks": marks,
+        "evaluation": {
+            "prompts": len(specs),
+            "per_category": eval_per_category,
+            "seeds": eval_seeds,
+            "sampling": dataclasses.asdict(sampling),
+        },
+        "target": {"method": TARGET_METHOD, "accuracy": target},
+        "methods": results,
+        "speedup_of_vgrpo": speedups,
+    }
+
+
+def _format_spread(spread: dict[str, object], digits: int = 0) -> str:
+    """'mean ± std', with how many seeds reached the target when not all did."""
+    reached, total = str(spread["reached"]).split("/")
+    if spread["mean"] is None:
+        return f"not reached ({spread['reached']})"
+    text = f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
+    return text if reached == total else f"{text} ({spread['reached']} seeds)"
+
+
+def speed_rows(report: dict[str, object]) -> list[dict[str, object]]:
+    rows = []
+    for method, result in report["methods"].items():  # type: ignore[union-attr]
+        speedup = report["speedup_of_vgrpo"].get(method)  # type: ignore[union-attr]
+        rows.append(
+            {
+                "method": method,
+                "time_to_target_s": _format_spread(result["time_to_target_s"]),
+                "gradient_steps": _format_spread(result["gradient_steps_to_target"]),
+                "nfe_to_target": _format_spread(result["nfe_to_target"]),
+                "final_accuracy": _format_spread(result["final_accuracy"], 3),
+                "vgrpo_speedup": f"{speedup:.1f}x" if speedup else ("1x" if method == "vgrpo" else "-"),
+            }
+        )
+    return rows
+
+
+SPEED_COLUMNS = ["method", "time_to_target_s", "gradient_steps", "nfe_to_target", "final_accuracy", "vgrpo_speedup"]
+
+
+def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_time(report: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for method, result in report["methods"].items():  # type: ignore[union-attr]
+        curve = result["mean_curve"]
+        (line,) = ax.plot([p["wall_s"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=method)
+        for run in result["runs"]:
+            points = run["snapshots"]
+            ax.plot([p["wall_s"] for p in points], [p["accuracy"] for p in points], color=line.get_color(), alpha=0.25)
+    target = report["target"]["accuracy"]  # type: ignore[index]
+    ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target ({TARGET_METHOD} best)")
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel("held-out accuracy (overall)")
+    ax.set_title(f"shapes world, {report['device']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_speed_report(report: dict[str, object], out: Path) -> str:
+    """speed.json, accuracy_vs_wall_clock.png and speed.md in `out`; returns the markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(report, out / "speed.json")
+    plot_accuracy_vs_time(report, out / "accuracy_vs_wall_clock.png")
+    table = markdown_table(speed_rows(report), SPEED_COLUMNS)
+    target = report["target"]["accuracy"]  # type: ignore[index]
+    (out / "speed.md").write_text(
+        f"Budget {report['budget_s']:.0f} s per run, seeds {report['seeds']}, {report['device']}. "
+        f"Target: {TARGET_METHOD}'s best mean held-out accuracy, {target:.3f}.\n\n{table}\n"
+    )
+    return format_rows(speed_rows(report), SPEED_COLUMNS)

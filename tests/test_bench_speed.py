@@ -1,0 +1,70 @@
+"""`vgrpo bench speed` end to end on the tiny model: budgets, snapshots, target, report files."""
+
+import dataclasses
+import itertools
+import json
+
+import pytest
+from PIL import Image
+
+from studio.bench.speed import (
+    Snapshot,
+    first_reaching,
+    heldout_subset,
+    method_configs,
+    speed_benchmark,
+    write_speed_report,
+)
+from studio.cli import main
+from trainer_core.config import MixGRPOConfig, RolloutConfig
+from trainer_core.shapes.grammar import CATEGORIES
+
+
+def test_heldout_subset_is_stratified():
+    specs = heldout_subset(3)
+    assert len(specs) == 3 * len(CATEGORIES)
+    assert sorted({s.category for s in specs}) == sorted(CATEGORIES)
+
+
+def test_first_reaching_takes_the_earliest_snapshot_at_or_above_target():
+    snaps = [Snapshot(i, 10.0 * i, i, 2 * i, 100 * i, 0.0, acc) for i, acc in enumerate([0.4, 0.5, 0.62, 0.6])]
+    assert first_reaching(snaps, 0.6).mark == 2
+    assert first_reaching(snaps, 0.7) is None
+
+
+@pytest.mark.slow
+def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path):
+    small = RolloutConfig(prompts_per_iteration=2, group_size=4, steps=4, solver="euler", batch_size=16)
+    configs = {
+        method: dataclasses.replace(config, rollout=small, mix_grpo=MixGRPOConfig(window_size=2))
+        for method, config in method_configs(["vgrpo", "flow-grpo", "mix-grpo"], tiny_model, "cpu").items()
+    }
+    report = speed_benchmark(
+        configs, budget_minutes=0.02, seeds=[0, 1], marks=2, eval_per_category=1, eval_seeds=1, log=lambda line: None
+    )
+    budget = report["budget_s"]
+    for method, result in report["methods"].items():
+        assert result["config"]["algorithm"] == method
+        for run in result["runs"]:
+            snaps = run["snapshots"]
+            assert snaps[0]["mark"] == 0 and snaps[0]["iteration"] == 0
+            assert snaps[-1]["wall_s"] >= budget and snaps[-1]["mark"] == 2
+            assert all(a["wall_s"] < b["wall_s"] and a["nfe"] < b["nfe"] for a, b in itertools.pairwise(snaps))
+            assert all(0.0 <= s["accuracy"] <= 1.0 for s in snaps)
+    flow_curve = report["methods"]["flow-grpo"]["mean_curve"]
+    assert report["target"]["accuracy"] == max(p["accuracy"] for p in flow_curve[1:])
+    assert report["methods"]["flow-grpo"]["time_to_target_s"]["reached"] != "0/2"
+
+    table = write_speed_report(report, tmp_path)
+    assert json.loads((tmp_path / "speed.json").read_text())["benchmark"] == "speed"
+    assert Image.open(tmp_path / "accuracy_vs_wall_clock.png").size[0] > 400
+    markdown = (tmp_path / "speed.md").read_text()
+    assert all(f"| {m} |" in markdown for m in ("vgrpo", "flow-grpo", "mix-grpo"))
+    assert "time_to_target_s" in table
+
+
+def test_speed_cli_refuses_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "speed", "--budget-minutes", "0", "--out", str(tmp_path)]) == 2
+    assert "--budget-minutes" in capsys.readouterr().err
+    assert main(["bench", "speed", "--budget-minutes", "1", "--methods", "vgrpo", "--out", str(tmp_path)]) == 2
+    assert "flow-grpo" in capsys.readouterr().err
