@@ -113,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
     speed.add_argument("--device", default="auto")
     speed.add_argument("--out", type=Path, required=True, help="directory for speed.json, the plot and speed.md")
+
+    ablation = benches.add_parser("ablation", help="V-GRPO's knobs one at a time: accuracy and surrogate CV")
+    ablation.add_argument("--iterations", type=int, default=60, help="training iterations per variant")
+    ablation.add_argument("--variants", help="comma-separated variant names (default: all)")
+    ablation.add_argument("--seed", type=int, default=0)
+    ablation.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
+    ablation.add_argument("--eval-seeds", type=int, default=2)
+    ablation.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
+
+    throughput = benches.add_parser("throughput", help="one iteration's time split, images/s, peak memory")
+    throughput_source = throughput.add_mutually_exclusive_group()
+    throughput_source.add_argument("--config", type=Path, help="a YAML training config")
+    throughput_source.add_argument("--preset", default="shapes-geneval", help="a built-in preset (shapes-geneval)")
+    throughput.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
+    throughput.add_argument("--device", default="auto")
+    throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
     return parser
 
 
@@ -233,7 +249,46 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    {"sampling": bench_sampling, "speed": bench_speed}[args.bench](args)
+    benches = {
+        "sampling": bench_sampling,
+        "speed": bench_speed,
+        "ablation": bench_ablation,
+        "throughput": bench_throughput,
+    }
+    benches[args.bench](args)
+
+
+def bench_ablation(args: argparse.Namespace) -> None:
+    from studio.bench import format_rows, write_report
+    from studio.bench.ablation import ABLATION_COLUMNS, VARIANTS, ablation_benchmark
+
+    if args.iterations < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
+        raise CliError("--iterations, --eval-per-category, --eval-seeds: must be at least 1")
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
+    report = ablation_benchmark(variants, args.iterations, args.seed, args.eval_per_category, args.eval_seeds)
+    write_report(report, args.out)
+    print(format_rows(report["results"], ABLATION_COLUMNS))
+    print(f"wrote {args.out}")
+
+
+def bench_throughput(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from studio.bench import format_rows, write_report
+    from studio.bench.throughput import THROUGHPUT_COLUMNS, throughput_benchmark
+    from trainer_core.config import load_config, load_preset
+
+    if args.iterations < 1:
+        raise CliError(f"--iterations: must be at least 1, got {args.iterations}")
+    config = load_config(args.config) if args.config else load_preset(args.preset)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=args.device))
+    report = throughput_benchmark(config, args.iterations)
+    write_report(report, args.out)
+    print(
+        f"throughput of {report['algorithm']} on {report['device']}, {report['images_per_iteration']} images/iteration"
+    )
+    print(format_rows([report["mean"]], THROUGHPUT_COLUMNS))
+    print(f"peak memory {report['peak_memory_mb']} MB; wrote {args.out}")
 
 
 def bench_speed(args: argparse.Namespace) -> None:

@@ -163,7 +163,7 @@ class FlowGRPOTrainer(GroupTrainer):
                 else:
                     kl = (log_ratio.exp() - 1 - log_ratio).mean().detach()  # k3 estimate to theta_old
                 weight = z.shape[0] / n / len(steps)
-                (loss * weight).backward()
+                self.backward(loss * weight)
                 totals["loss"] += float(loss.detach()) * weight
                 totals["ratio_mean"] += float(ratio.detach().mean()) * weight
                 totals["clip_fraction"] += (

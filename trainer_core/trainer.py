@@ -103,6 +103,9 @@ class GroupTrainer(ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.prompts = PromptSource(config.rollout.prompts, config.seed)
         self.iteration = 0
+        self.backward_s = 0.0  # time in backward passes this iteration
+        #: wait for the device before reading clocks (benchmarks on CUDA); costs overlap, so off in training
+        self.synchronize = False
         self.autocast_bf16 = adapter.device.type == "cuda" and config.model.mixed_precision in ("auto", "bf16")
 
     # --- what each algorithm supplies ---------------------------------------------------------
@@ -142,16 +145,17 @@ class GroupTrainer(ABC):
         """Run one iteration; returns its metrics."""
         cfg = self.config
         times: dict[str, float] = {}
+        self.backward_s = 0.0
         started = time.perf_counter()
-        with _timed(times, "rollout_s"):
+        with _timed(times, "rollout_s", self.cuda_sync):
             generation, trace = self.generate(self.prompts.draw(cfg.rollout.prompts_per_iteration))
-        with _timed(times, "reward_s"):
+        with _timed(times, "reward_s", self.cuda_sync):
             scores = self.rewards.score(generation.images, generation.prompts)
             advantages = self.rewards.advantages(scores, cfg.rollout.group_size, self.advantage_eps)
             advantages = self.shape_advantages(advantages).to(self.adapter.device)
-        with _timed(times, "old_pass_s"):
+        with _timed(times, "old_pass_s", self.cuda_sync):
             batch = self.old_pass(generation, trace, advantages)
-        with _timed(times, "train_s"):
+        with _timed(times, "train_s", self.cuda_sync):
             stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
         self.iteration += 1
 
@@ -166,6 +170,7 @@ class GroupTrainer(ABC):
             "nfe": self.model_evaluations(batch),
             "advantage_abs_mean": float(advantages.abs().mean()),
             "iteration_s": time.perf_counter() - started,
+            "backward_s": self.backward_s,
             **times,
         }
         metrics["images_per_s"] = len(generation.prompts) / metrics["iteration_s"]
@@ -183,6 +188,18 @@ class GroupTrainer(ABC):
         """Slices of n items with at most rollout.batch_size model inputs each."""
         per_chunk = max(1, self.config.rollout.batch_size // inputs_per_item)
         return [slice(start, start + per_chunk) for start in range(0, n, per_chunk)]
+
+    @property
+    def cuda_sync(self) -> bool:
+        return self.synchronize and self.adapter.device.type == "cuda"
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), timed into `backward_s`."""
+        started = time.perf_counter()
+        loss.backward()
+        if self.cuda_sync:
+            torch.cuda.synchronize()
+        self.backward_s += time.perf_counter() - started
 
     def optimizer_step(self) -> float:
         """Clip the accumulated gradient, step AdamW; returns the gradient norm before clipping."""
@@ -329,7 +346,7 @@ class VGRPOTrainer(GroupTrainer):
                 cfg.beta,
             )
             weight = s.shape[0] / n
-            (terms.loss * weight).backward()
+            self.backward(terms.loss * weight)
             totals["loss"] += float(terms.loss.detach()) * weight
             totals["ratio_mean"] += terms.ratio_mean * weight
             totals["clip_fraction"] += terms.clip_fraction * weight
@@ -350,7 +367,9 @@ def algorithm_vgrpo_config(config: TrainConfig) -> VGRPOConfig:
 
 
 @contextlib.contextmanager
-def _timed(times: dict[str, float], key: str) -> Iterator[None]:
+def _timed(times: dict[str, float], key: str, cuda_sync: bool = False) -> Iterator[None]:
     started = time.perf_counter()
     yield
+    if cuda_sync:
+        torch.cuda.synchronize()
     times[key] = times.get(key, 0.0) + time.perf_counter() - started

@@ -77,30 +77,41 @@ def load_lora_state(adapter: DenoiserAdapter, state: LoraState) -> None:
         params[name].copy_(value)
 
 
-def train_with_budget(
-    config: TrainConfig, budget_s: float, marks: int, progress: Callable[[float, dict[str, float]], None] | None = None
-) -> tuple[DenoiserAdapter, list[Snapshot], list[LoraState]]:
-    """Train until `budget_s` seconds of iteration time are spent, snapshotting the LoRA at `marks` marks."""
+@dataclass
+class BudgetRun:
+    adapter: DenoiserAdapter
+    snapshots: list[Snapshot]
+    states: list[LoraState]  # the LoRA at each snapshot
+    history: list[dict[str, float]]  # every iteration's metrics
+
+
+def train_with_budget(config: TrainConfig, budget_s: float, marks: int, max_iterations: int | None = None) -> BudgetRun:
+    """Train until `budget_s` seconds of iteration time are spent (or `max_iterations` are done),
+    snapshotting the LoRA at `marks` evenly spaced marks of training time and at the end."""
     adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
     trainer = make_trainer(adapter, build_rewards(config), config)
     snapshots, states = [Snapshot(0, 0.0, 0, 0, 0, math.nan)], [lora_state(adapter)]
     wall, steps, nfe, rewards = 0.0, 0, 0, []
+    history: list[dict[str, float]] = []
     next_mark = 1
-    while wall < budget_s:
+
+    def done() -> bool:
+        return wall >= budget_s or (max_iterations is not None and trainer.iteration >= max_iterations)
+
+    while not done():
         metrics = trainer.step()
         wall += metrics["iteration_s"]
         steps += trainer.gradient_steps
         nfe += int(metrics["nfe"])
         rewards.append(metrics["reward_mean"])
-        if progress:
-            progress(wall, metrics)
-        if wall >= next_mark * budget_s / marks or wall >= budget_s:
-            mark = min(marks, math.floor(wall * marks / budget_s))
+        history.append(metrics)
+        if done() or wall >= next_mark * budget_s / marks:
+            mark = marks if done() else math.floor(wall * marks / budget_s)
             snapshots.append(Snapshot(mark, wall, trainer.iteration, steps, nfe, float(np.mean(rewards))))
             states.append(lora_state(adapter))
             rewards = []
             next_mark = mark + 1
-    return adapter, snapshots, states
+    return BudgetRun(adapter, snapshots, states, history)
 
 
 def evaluate_snapshots(
@@ -181,9 +192,10 @@ def speed_benchmark(
         runs[method] = []
         for seed in seeds:
             log(f"[{method} seed {seed}] training for {budget_s:.0f} s")
-            adapter, snapshots, states = train_with_budget(dataclasses.replace(config, seed=seed), budget_s, marks)
+            run = train_with_budget(dataclasses.replace(config, seed=seed), budget_s, marks)
+            snapshots = run.snapshots
             log(f"[{method} seed {seed}] {snapshots[-1].iteration} iterations; evaluating {len(snapshots)} snapshots")
-            evaluate_snapshots(adapter, snapshots, states, specs, eval_seeds, sampling)
+            evaluate_snapshots(run.adapter, snapshots, run.states, specs, eval_seeds, sampling)
             runs[method].append(snapshots)
             log(f"[{method} seed {seed}] accuracy " + " ".join(f"{s.accuracy:.3f}" for s in snapshots))
         results[method] = {"preset": METHOD_PRESETS.get(method), "config": to_dict(config)}
