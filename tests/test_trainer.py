@@ -12,6 +12,7 @@ from trainer_core.adapters import load_adapter
 from trainer_core.rewards.base import RewardMix
 from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.trainer import VGRPOTrainer
+from trainer_core.vgrpo import VGRPOConfig
 
 
 def test_one_iteration_changes_lora_weights_and_nothing_else(tiny_model, tiny_config):
@@ -113,3 +114,21 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_model, tiny_config, tm
     assert 2 <= done < 500
     assert run.latest_checkpoint() == done
     assert not (out / "checkpoints" / "final.safetensors").exists()
+
+
+@pytest.mark.parametrize("anchor", ["old", "reference"])
+def test_penalty_anchor_and_its_cost(tiny_model, tiny_config, anchor):
+    """The reference anchor is the base model: zero penalty while the LoRA is still zero, a positive one
+    once it has moved; the old anchor restarts at theta_old every iteration. The reference costs n_mc NFE."""
+    config = tiny_config(vgrpo=VGRPOConfig(n_mc=2, gradient_steps=1, beta=1.0, penalty_to=anchor))
+    adapter = load_adapter(tiny_model, "cpu")
+    trainer = VGRPOTrainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
+    first, second = trainer.step(), trainer.step()
+    assert first["kl"] == pytest.approx(0.0, abs=1e-12)  # LoRA B starts at zero: theta_old = reference
+    if anchor == "reference":
+        assert second["kl"] > 0
+    else:
+        assert second["kl"] == pytest.approx(0.0, abs=1e-12)  # one step per iteration: theta = theta_old
+    images = 2 * 4
+    expected = images * (3 + 2 + 3 * 2 + (2 if anchor == "reference" else 0))  # euler 3 + s_old + fwd/bwd
+    assert first["nfe"] == expected

@@ -9,8 +9,8 @@ One iteration, for every algorithm:
     mu times:  the algorithm's loss with grad -> AdamW step on the LoRA
 
 V-GRPO (`VGRPOTrainer`): rollouts with a deterministic ODE solver; the old pass draws one set of
-(t, eps) per group, stratified over the shifted grid, and computes s_old (and x_hat_old when
-beta > 0); the loss is the clipped objective on one surrogate ratio per image. The MDP baselines
+(t, eps) per group, stratified over the shifted grid, and computes s_old (and the penalty's
+anchor x_hat when beta > 0); the loss is the clipped objective on one surrogate ratio per image. The MDP baselines
 live in `trainer_core.mdp_trainer`.
 
 Trainers hold no files: the caller saves LoRA weights and `state_dict()`.
@@ -57,7 +57,7 @@ class SurrogateBatch:
     t: torch.Tensor  # [B, N_MC]
     eps: torch.Tensor  # [B, N_MC, C, H, W]
     surrogate_old: torch.Tensor  # [B]
-    x_hat_old: torch.Tensor | None  # [B, N_MC, C, H, W], only when beta > 0
+    x_hat_anchor: torch.Tensor | None  # [B, N_MC, C, H, W] at theta_old or the reference, only when beta > 0
 
 
 class PromptSource:
@@ -280,13 +280,22 @@ class VGRPOTrainer(GroupTrainer):
             self.generator,
         )
         t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
-        surrogate_old, x_hat_old = self.surrogate(generation.latents, generation.embeddings, t, eps)
-        return SurrogateBatch(generation, advantages, t, eps, surrogate_old, x_hat_old)
+        surrogate_old, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
+        if self.vgrpo.beta > 0 and self.vgrpo.penalty_to == "reference":
+            with self.adapter.lora_disabled():
+                _, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
+        return SurrogateBatch(generation, advantages, t, eps, surrogate_old, x_hat_anchor)
 
     def model_evaluations(self, batch: SurrogateBatch) -> int:
         cfg, rollout = self.vgrpo, self.config.rollout
         guidance = 2 if rollout.guidance_scale != 1.0 else 1
-        per_image = guidance * SOLVER_NFE[rollout.solver](rollout.steps) + cfg.n_mc + 3 * cfg.gradient_steps * cfg.n_mc
+        reference = cfg.n_mc if cfg.beta > 0 and cfg.penalty_to == "reference" else 0
+        per_image = (
+            guidance * SOLVER_NFE[rollout.solver](rollout.steps)
+            + cfg.n_mc
+            + reference
+            + 3 * cfg.gradient_steps * cfg.n_mc
+        )
         return per_image * len(batch.generation.prompts)
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
@@ -341,8 +350,8 @@ class VGRPOTrainer(GroupTrainer):
                 batch.surrogate_old[part],
                 batch.advantages[part],
                 cfg.clip_epsilon,
-                x_hat if batch.x_hat_old is not None else None,
-                None if batch.x_hat_old is None else batch.x_hat_old[part],
+                x_hat if batch.x_hat_anchor is not None else None,
+                None if batch.x_hat_anchor is None else batch.x_hat_anchor[part],
                 cfg.beta,
             )
             weight = s.shape[0] / n

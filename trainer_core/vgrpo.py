@@ -19,6 +19,7 @@ from trainer_core.samplers import shift_sigmas
 
 PARAMETERISATIONS = ("x", "v", "eps")
 PAIR_SHARING = ("none", "group", "batch")
+PENALTY_ANCHORS = ("old", "reference")
 
 # (z_t [N, C, H, W], t [N]) -> velocity [N, C, H, W]; conditioning is bound by the caller.
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,8 +39,10 @@ class VGRPOConfig:
     t_min / t_max: range of the surrogate's t before the time shift (0.0 / 1.0).
     clip_epsilon: PPO ratio clip; 0 disables it (0.01; paper 6e-3..1e-2).
     soft_clip_eta: soft advantage clip eta * tanh(A / eta); 0 disables it (0; paper 3..5 when on-policy).
-    beta: weight of the ||x_theta - x_theta_old||^2 penalty to the behaviour policy (0; paper 0, 0.3 to keep
-        an earlier skill).
+    beta: weight of the ||x_theta - x_anchor||^2 penalty (0; paper 0, 0.3 to keep an earlier skill).
+    penalty_to: the anchor of the beta penalty: "old" (theta_old, the behaviour policy; no extra pass) or
+        "reference" (the base model, LoRA disabled; one more no-grad pass per pair per iteration)
+        (old; paper old).
     gradient_steps: mu, optimiser steps per iteration on the same rollouts (2; paper: several).
     advantage_eps: added to the group std of rewards (1e-4; paper 1e-4).
     """
@@ -54,6 +57,7 @@ class VGRPOConfig:
     clip_epsilon: float = 0.01
     soft_clip_eta: float = 0.0
     beta: float = 0.0
+    penalty_to: str = "old"
     gradient_steps: int = 2
     advantage_eps: float = 1e-4
 
@@ -70,6 +74,8 @@ class VGRPOConfig:
             raise ValueError(f"vgrpo.t_min, t_max: need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
         if self.clip_epsilon < 0 or self.soft_clip_eta < 0 or self.beta < 0:
             raise ValueError("vgrpo.clip_epsilon, soft_clip_eta, beta: must be non-negative")
+        if self.penalty_to not in PENALTY_ANCHORS:
+            raise ValueError(f"vgrpo.penalty_to: must be one of {', '.join(PENALTY_ANCHORS)}, got {self.penalty_to!r}")
         if self.gradient_steps < 1:
             raise ValueError(f"vgrpo.gradient_steps: must be at least 1, got {self.gradient_steps}")
         if self.advantage_eps <= 0:
@@ -185,13 +191,13 @@ def vgrpo_loss(
     advantages: torch.Tensor,
     clip_epsilon: float,
     x_hat: torch.Tensor | None = None,
-    x_hat_old: torch.Tensor | None = None,
+    x_hat_anchor: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> LossTerms:
-    """-J with J = mean min(rho A, clip(rho, 1 - eps, 1 + eps) A) - beta mean ||x_hat - x_hat_old||^2.
+    """-J with J = mean min(rho A, clip(rho, 1 - eps, 1 + eps) A) - beta mean ||x_hat - x_hat_anchor||^2.
 
     rho_i = exp(s_i - s_i_old): one ratio per image. clip_epsilon = 0 leaves rho unclipped. `kl` is the
-    penalty when x_hat_old is given, else the k3 estimate mean(rho - 1 - log rho).
+    penalty when x_hat_anchor is given, else the k3 estimate mean(rho - 1 - log rho).
     """
     ratio = torch.exp(surrogate - surrogate_old)
     unclipped = ratio * advantages
@@ -201,8 +207,8 @@ def vgrpo_loss(
         clip_fraction = float(((ratio - 1).abs() > clip_epsilon).float().mean())
     else:
         objective, clip_fraction = unclipped, 0.0
-    if x_hat is not None and x_hat_old is not None:
-        penalty = (x_hat - x_hat_old).pow(2).mean()  # per element, so beta does not scale with resolution
+    if x_hat is not None and x_hat_anchor is not None:
+        penalty = (x_hat - x_hat_anchor).pow(2).mean()  # per element, so beta does not scale with resolution
         loss = -objective.mean() + beta * penalty
         kl = float(penalty.detach())
     else:
