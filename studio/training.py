@@ -62,13 +62,16 @@ def run_training(
     resume: bool = False,
     on_iteration: Callable[[dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    on_samples: Callable[[int, Path], None] | None = None,
 ) -> TrainingResult:
     """Train to `config.iterations`, writing the run directory as it goes.
 
     With `resume`, continue from the latest checkpoint in `out` (metrics after
     it are dropped and redone); the run's saved config is kept, except that
     `config.iterations` may extend it. Ctrl-C, or `should_stop()` returning True,
-    stops at the next iteration boundary with a checkpoint.
+    stops at the next iteration boundary with a checkpoint. `on_iteration`, `on_checkpoint` and
+    `on_samples` hear of each metrics row, checkpoint file and sample grid once it is on disk.
     """
     run = RunDirectory(out)
     if run.exists() and not resume:
@@ -96,6 +99,8 @@ def run_training(
         lora_path, _ = run.checkpoint_paths(iteration)
         adapter.save_lora(lora_path, _lora_metadata(config, iteration))
         run.save_state(iteration, trainer.state_dict())
+        if on_checkpoint:
+            on_checkpoint(iteration, lora_path)
         return lora_path
 
     interrupted = False
@@ -107,6 +112,8 @@ def run_training(
             run.append_metrics(metrics)
             if config.logging.sample_every and iteration % config.logging.sample_every == 0:
                 save_sample_grid(trainer, config, run.sample_path(iteration))
+                if on_samples:
+                    on_samples(iteration, run.sample_path(iteration))
             if iteration % config.logging.checkpoint_every == 0:
                 checkpoint(iteration)
             if on_iteration:

@@ -1,0 +1,57 @@
+"""The one data directory: the database, run directories (metrics, images, checkpoints) and exports.
+
+Nothing is written outside it; stored paths are relative to it, so the directory can move.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from storage.db import sqlite_url
+
+ENV_VAR = "VGRPO_HOME"
+DEFAULT = "studio_data"
+
+
+class DataDir:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root or os.environ.get(ENV_VAR) or DEFAULT).resolve()
+
+    @property
+    def database(self) -> Path:
+        return self.root / "studio.db"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def models(self) -> Path:
+        """Local diffusers model directories the studio offers as base models."""
+        return self.root / "models"
+
+    def create(self) -> DataDir:
+        for path in (self.root, self.runs, self.exports, self.models):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def default_url(self) -> str:
+        return sqlite_url(self.database)
+
+    def run_dir(self, job_id: int) -> Path:
+        return self.runs / f"job_{job_id:06d}"
+
+    def inside(self, relative: str | Path) -> Path:
+        """The absolute path of a stored relative path, refusing anything that leaves the directory."""
+        path = (self.root / relative).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"path: {relative!s} is outside the data directory {self.root}")
+        return path
+
+    def relative(self, path: str | Path) -> str:
+        return str(Path(path).resolve().relative_to(self.root))

@@ -1,0 +1,415 @@
+"""The job service: submit, list, control and claim training jobs stored in the database.
+
+Everything the UI, the CLI and the workers do to jobs goes through `JobService`. State changes
+are single conditional UPDATEs (`... WHERE id = :id AND status IN (...)`), so two processes can
+never both win a claim or both finish a job, on SQLite and on PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from storage.data_dir import DataDir
+from storage.db import Database
+from storage.models import Checkpoint, Job, JobStatus, Metric, Sample, utcnow
+from trainer_core.config import ConfigError, TrainConfig, from_dict, to_dict
+
+S = JobStatus
+
+
+class JobError(ValueError):
+    """A job request that cannot be honoured (unknown job, wrong state, invalid config)."""
+
+
+def validate_config(data: dict[str, Any] | TrainConfig) -> TrainConfig:
+    """The whole config, checked before anything is stored: fields, the model and the rewards exist."""
+    from trainer_core.model_zoo import ModelNotFoundError, resolve_model
+    from trainer_core.rewards.builtin import builtin_rewards
+
+    config = data if isinstance(data, TrainConfig) else from_dict(TrainConfig, data)
+    try:
+        resolve_model(config.model.name)
+    except ModelNotFoundError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith("model") else f"model.name: {message}") from None
+    available = builtin_rewards()
+    unknown = sorted(set(config.rewards.weights) - set(available))
+    if unknown:
+        raise ConfigError(f"rewards.weights.{unknown[0]}: unknown reward; available: {', '.join(sorted(available))}")
+    return config
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What lists and detail views show of a job."""
+
+    id: int
+    name: str
+    algorithm: str
+    status: str
+    priority: int
+    attempts: int
+    iteration: int
+    total_iterations: int
+    reward_mean: float | None
+    eta_s: float | None
+    created_at: datetime
+    error: str | None
+    last_checkpoint: str | None
+
+
+class JobService:
+    def __init__(self, database: Database, data_dir: DataDir) -> None:
+        self.db, self.data_dir = database, data_dir
+
+    # --- submitting and controlling ---------------------------------------------------------
+
+    def submit(
+        self, config: dict[str, Any] | TrainConfig, name: str = "", priority: int = 0, max_attempts: int = 3
+    ) -> int:
+        """Validate, then store a queued job; returns its id. Invalid input stores nothing."""
+        checked = validate_config(config)
+        if max_attempts < 1:
+            raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
+        with self.db.session() as session:
+            job = Job(
+                name=name or f"{checked.algorithm} on {checked.model.name}",
+                config=to_dict(checked),
+                status=S.QUEUED,
+                priority=priority,
+                attempts=0,
+                max_attempts=max_attempts,
+                iteration=0,
+                total_iterations=checked.iterations,
+            )
+            session.add(job)
+            session.flush()
+            return job.id
+
+    def submit_many(self, configs: list[dict[str, Any] | TrainConfig], priority: int = 0) -> list[int]:
+        """Several jobs in one transaction: all are stored or none is."""
+        checked = [validate_config(c) for c in configs]
+        with self.db.session() as session:
+            jobs = [
+                Job(
+                    name=f"{c.algorithm} on {c.model.name}",
+                    config=to_dict(c),
+                    status=S.QUEUED,
+                    priority=priority,
+                    attempts=0,
+                    max_attempts=3,
+                    iteration=0,
+                    total_iterations=c.iterations,
+                )
+                for c in checked
+            ]
+            session.add_all(jobs)
+            session.flush()
+            return [j.id for j in jobs]
+
+    def _transition(self, job_id: int, allowed: tuple[str, ...], new: str, **values: Any) -> None:
+        with self.db.session() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(allowed)).values(status=new, **values)
+            )
+            if result.rowcount == 1:
+                return
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+        if status is None:
+            raise JobError(f"job {job_id}: no such job")
+        raise JobError(f"job {job_id}: cannot go from {status} to {new}; allowed from {', '.join(allowed)}")
+
+    def cancel(self, job_id: int) -> None:
+        """Queued or paused jobs end now; a running one stops at its next iteration, with a checkpoint."""
+        try:
+            self._transition(job_id, (S.QUEUED, S.PAUSED), S.CANCELLED, finished_at=utcnow())
+        except JobError:
+            self._transition(job_id, (S.RUNNING, S.PAUSING), S.CANCELLING)
+
+    def pause(self, job_id: int) -> None:
+        try:
+            self._transition(job_id, (S.QUEUED,), S.PAUSED)
+        except JobError:
+            self._transition(job_id, (S.RUNNING,), S.PAUSING)
+
+    def resume(self, job_id: int) -> None:
+        """A paused job goes back to the queue and continues from its last checkpoint."""
+        self._transition(job_id, (S.PAUSED,), S.QUEUED)
+
+    def retry(self, job_id: int) -> None:
+        """A failed or cancelled job is queued again with fresh attempts; it resumes from its checkpoint."""
+        self._transition(job_id, (S.FAILED, S.CANCELLED), S.QUEUED, attempts=0, error=None, finished_at=None)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(f"job {job_id}: no such job")
+        return job
+
+    def list_jobs(self, limit: int = 100, offset: int = 0, status: str | None = None) -> list[JobView]:
+        """Newest first, with each job's latest reward and ETA, in two queries whatever the count."""
+        with self.db.session() as session:
+            query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+            if status:
+                query = query.where(Job.status == status)
+            jobs = list(session.scalars(query))
+            latest = self._latest_values(session, [j.id for j in jobs], ("reward_mean", "wall_time_s"))
+        return [self._view(j, latest.get(j.id, {})) for j in jobs]
+
+    def view(self, job_id: int) -> JobView:
+        job = self.get(job_id)
+        with self.db.session() as session:
+            latest = self._latest_values(session, [job_id], ("reward_mean", "wall_time_s"))
+        return self._view(job, latest.get(job_id, {}))
+
+    @staticmethod
+    def _latest_values(session: Session, job_ids: list[int], names: tuple[str, ...]) -> dict[int, dict[str, float]]:
+        """job -> {name: value at the job's latest iteration}."""
+        if not job_ids:
+            return {}
+        last = (
+            select(Metric.job_id, func.max(Metric.iteration).label("iteration"))
+            .where(Metric.job_id.in_(job_ids))
+            .group_by(Metric.job_id)
+            .subquery()
+        )
+        rows = session.execute(
+            select(Metric.job_id, Metric.name, Metric.value)
+            .join(last, (Metric.job_id == last.c.job_id) & (Metric.iteration == last.c.iteration))
+            .where(Metric.name.in_(names))
+        )
+        values: dict[int, dict[str, float]] = {}
+        for job_id, name, value in rows:
+            values.setdefault(job_id, {})[name] = value
+        return values
+
+    @staticmethod
+    def _view(job: Job, latest: dict[str, float]) -> JobView:
+        eta = None
+        if job.status in (S.RUNNING, S.CANCELLING, S.PAUSING) and job.iteration > 0 and "wall_time_s" in latest:
+            eta = latest["wall_time_s"] / job.iteration * (job.total_iterations - job.iteration)
+        return JobView(
+            job.id,
+            job.name,
+            job.config.get("algorithm", "vgrpo"),
+            job.status,
+            job.priority,
+            job.attempts,
+            job.iteration,
+            job.total_iterations,
+            latest.get("reward_mean"),
+            eta,
+            job.created_at,
+            job.error,
+            job.last_checkpoint,
+        )
+
+    def latest_metric(self, job_id: int, name: str) -> float | None:
+        with self.db.session() as session:
+            return session.scalar(
+                select(Metric.value)
+                .where(Metric.job_id == job_id, Metric.name == name)
+                .order_by(Metric.iteration.desc())
+                .limit(1)
+            )
+
+    def metrics(self, job_id: int, names: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+        """name -> [(iteration, value)] in iteration order."""
+        with self.db.session() as session:
+            query = select(Metric.name, Metric.iteration, Metric.value).where(Metric.job_id == job_id)
+            if names:
+                query = query.where(Metric.name.in_(names))
+            rows = session.execute(query.order_by(Metric.iteration))
+            series: dict[str, list[tuple[int, float]]] = {}
+            for name, iteration, value in rows:
+                series.setdefault(name, []).append((iteration, value))
+        return series
+
+    def sample_grids(self, job_id: int) -> list[tuple[int, str]]:
+        """(iteration, absolute PNG path) of every sample grid, oldest first."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Sample.iteration, Sample.image_path)
+                .where(Sample.job_id == job_id)
+                .distinct()
+                .order_by(Sample.iteration)
+            )
+            return [(iteration, str(self.data_dir.inside(path))) for iteration, path in rows]
+
+    def checkpoints(self, job_id: int) -> list[Checkpoint]:
+        with self.db.session() as session:
+            return list(
+                session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration))
+            )
+
+    # --- the worker's side ------------------------------------------------------------------
+
+    def claim(self, host: str = "", pid: int | None = None) -> tuple[Job, str] | None:
+        """Atomically take the highest-priority queued job; returns it and the lease token, or None.
+
+        The UPDATE only matches while the job is still queued, so of several claimers exactly one wins.
+        """
+        for _ in range(5):  # lost races: try the next candidate
+            with self.db.session() as session:
+                candidate = session.scalar(
+                    select(Job.id).where(Job.status == S.QUEUED).order_by(Job.priority.desc(), Job.id).limit(1)
+                )
+                if candidate is None:
+                    return None
+                token = uuid.uuid4().hex
+                now = utcnow()
+                result = session.execute(
+                    update(Job)
+                    .where(Job.id == candidate, Job.status == S.QUEUED)
+                    .values(
+                        status=S.RUNNING,
+                        worker_id=token,
+                        worker_host=host,
+                        worker_pid=pid,
+                        attempts=Job.attempts + 1,
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                )
+                if result.rowcount == 1:
+                    session.flush()
+                    job = session.get(Job, candidate, populate_existing=True)
+                    return job, token  # type: ignore[return-value]
+        return None
+
+    def set_worker_process(self, job_id: int, token: str, host: str, pid: int) -> None:
+        with self.db.session() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.worker_id == token).values(worker_host=host, worker_pid=pid)
+            )
+
+    def heartbeat(self, job_id: int, token: str, iteration: int | None = None) -> str:
+        """Refresh the lease; returns the job's status, or "lost" when another worker holds it now."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if iteration is not None:
+            values["iteration"] = iteration
+        with self.db.session() as session:
+            result = session.execute(update(Job).where(Job.id == job_id, Job.worker_id == token).values(**values))
+            if result.rowcount != 1:
+                return "lost"
+            return session.scalar(select(Job.status).where(Job.id == job_id)) or "lost"
+
+    def forget_metrics_after(self, job_id: int, iteration: int) -> None:
+        """A resumed job redoes the iterations after its checkpoint: drop what they had stored."""
+        with self.db.session() as session:
+            session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.iteration > iteration))
+            session.execute(delete(Sample).where(Sample.job_id == job_id, Sample.iteration > iteration))
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.iteration > iteration))
+
+    def record_iteration(self, job_id: int, token: str, metrics: dict[str, float]) -> bool:
+        """Store one iteration's metrics (exactly once per job, iteration and name) and the progress."""
+        iteration = int(metrics["iteration"])
+        rows = [
+            {"job_id": job_id, "iteration": iteration, "name": name, "value": float(value)}
+            for name, value in metrics.items()
+            if name != "iteration"
+        ]
+        insert = pg_insert if self.db.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(Metric).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["job_id", "iteration", "name"], set_={"value": statement.excluded.value}
+        )
+        with self.db.session() as session:
+            owned = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == token)
+                .values(iteration=iteration, heartbeat_at=utcnow())
+            )
+            if owned.rowcount != 1:
+                return False  # the lease was lost: another worker owns the job now
+            session.execute(statement)
+        return True
+
+    def record_checkpoint(self, job_id: int, iteration: int, path: str) -> None:
+        relative = self.data_dir.relative(path)
+        with self.db.session() as session:
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.iteration == iteration))
+            session.add(Checkpoint(job_id=job_id, iteration=iteration, path=relative))
+            session.execute(update(Job).where(Job.id == job_id).values(last_checkpoint=relative))
+
+    def record_samples(self, job_id: int, iteration: int, grid_path: str, prompts: list[str], seeds: list[int]) -> None:
+        relative = self.data_dir.relative(grid_path)
+        with self.db.session() as session:
+            session.execute(delete(Sample).where(Sample.job_id == job_id, Sample.iteration == iteration))
+            session.add_all(
+                Sample(job_id=job_id, iteration=iteration, prompt=p, seed=s, image_path=relative, scores={})
+                for p in prompts
+                for s in seeds
+            )
+
+    def finish(self, job_id: int, token: str, outcome: str, error: str | None = None) -> str:
+        """End a claimed job: done, stopped (-> cancelled or paused as requested) or error (-> queued
+        again while attempts remain, else failed). Returns the status it ended in."""
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.worker_id != token:
+                return "lost"
+            if outcome == "done":
+                status = S.DONE
+            elif outcome == "stopped":
+                status = S.PAUSED if job.status == S.PAUSING else S.CANCELLED
+            elif job.attempts < job.max_attempts:
+                status = S.QUEUED
+            else:
+                status = S.FAILED
+            job.status = status
+            job.error = error if outcome == "error" else job.error
+            job.worker_id = None
+            job.worker_pid = None
+            if status in S.FINAL:
+                job.finished_at = utcnow()
+            return status
+
+    def requeue_stale(self, timeout_s: float) -> list[int]:
+        """Jobs whose worker stopped heartbeating (killed, machine restarted): back to the queue to
+        resume from their checkpoint, or failed with the last error after max_attempts."""
+        limit = utcnow() - timedelta(seconds=timeout_s)
+        requeued = []
+        with self.db.session() as session:
+            stale = list(
+                session.scalars(
+                    select(Job).where(Job.status.in_((S.RUNNING, S.CANCELLING, S.PAUSING)), Job.heartbeat_at < limit)
+                )
+            )
+            for job in stale:
+                if job.status == S.CANCELLING:
+                    new = S.CANCELLED
+                elif job.status == S.PAUSING:
+                    new = S.PAUSED
+                elif job.attempts < job.max_attempts:
+                    new = S.QUEUED
+                else:
+                    new = S.FAILED
+                lost = f"worker {job.worker_host}:{job.worker_pid} stopped heartbeating (attempt {job.attempts})"
+                result = session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.worker_id == job.worker_id, Job.status == job.status)
+                    .values(
+                        status=new,
+                        worker_id=None,
+                        worker_pid=None,
+                        error=f"{lost}; last error: {job.error}"
+                        if job.error and new == S.FAILED
+                        else (job.error or lost),
+                        finished_at=utcnow() if new in S.FINAL else None,
+                    )
+                )
+                if result.rowcount == 1:
+                    requeued.append(job.id)
+        return requeued
