@@ -13,6 +13,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from studio.jobs import JobService, JobView
 
 # Nothing is ever fetched from a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,7 +133,40 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
     throughput.add_argument("--device", default="auto")
     throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
+
+    worker = commands.add_parser("worker", help="claim and run queued jobs from the database (one process each)")
+    _storage_args(worker)
+    worker.add_argument("--max-concurrent-jobs", type=int, default=1)
+    worker.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
+    worker.add_argument("--stale-after", type=float, default=30.0, help="seconds without heartbeat before requeue")
+
+    jobs = commands.add_parser("jobs", help="the job queue: submit, list, show, cancel")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    submit = job_commands.add_parser("submit", help="queue a training job; prints its id")
+    _storage_args(submit)
+    submit_source = submit.add_mutually_exclusive_group(required=True)
+    submit_source.add_argument("--config", type=Path, help="a YAML training config")
+    submit_source.add_argument("--preset", help="a built-in preset")
+    submit.add_argument("--name", default="")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first")
+    listing = job_commands.add_parser("list", help="jobs, newest first")
+    _storage_args(listing)
+    listing.add_argument("--status", help="only jobs in this status")
+    listing.add_argument("--limit", type=int, default=50)
+    show = job_commands.add_parser("show", help="one job")
+    _storage_args(show)
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    for verb in ("cancel", "pause", "resume", "retry"):
+        control = job_commands.add_parser(verb, help=f"{verb} a job")
+        _storage_args(control)
+        control.add_argument("id", type=int)
     return parser
+
+
+def _storage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="the studio's data directory (env VGRPO_HOME, default ./studio_data)")
+    parser.add_argument("--db-url", help="database URL (default: SQLite studio.db in the data directory)")
 
 
 def _load(args: argparse.Namespace):  # -> DenoiserAdapter
@@ -328,12 +365,82 @@ def bench_sampling(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _job_service(args: argparse.Namespace) -> JobService:
+    from storage.data_dir import DataDir
+    from storage.db import Database
+    from studio.jobs import JobService
+
+    data_dir = DataDir(args.data_dir).create()
+    return JobService(Database.open(args.db_url or data_dir.default_url()), data_dir)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from studio.scheduler import JobScheduler
+
+    service = _job_service(args)
+    scheduler = JobScheduler(service.db.url, service.data_dir, args.max_concurrent_jobs, args.poll, args.stale_after)
+    print(f"worker on {service.db.url}: up to {args.max_concurrent_jobs} job(s) at a time", flush=True)
+    try:
+        scheduler.run_forever()
+    except KeyboardInterrupt:
+        print("worker stopped; running jobs continue in their own processes", flush=True)
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    import json
+
+    from studio.bench import format_rows
+    from studio.jobs import JobError
+    from trainer_core.config import load_config, load_preset, to_dict
+
+    service = _job_service(args)
+    try:
+        if args.jobs_command == "submit":
+            config = load_config(args.config) if args.config else load_preset(args.preset)
+            print(service.submit(to_dict(config), args.name, args.priority))
+        elif args.jobs_command == "list":
+            rows = [_job_row(v) for v in service.list_jobs(args.limit, status=args.status)]
+            columns = ["id", "status", "progress", "reward", "eta", "algorithm", "created", "name"]
+            print(format_rows(rows, columns) if rows else "no jobs")
+        elif args.jobs_command == "show":
+            view = service.view(args.id)
+            if args.json:
+                data = {**view.__dict__, "created_at": view.created_at.isoformat()}
+                data["config"] = service.get(args.id).config
+                print(json.dumps(data, indent=2))
+            else:
+                for key, value in _job_row(view).items():
+                    print(f"{key:10} {value}")
+                if view.error:
+                    print(f"error      {view.error.strip().splitlines()[-1]}")
+        else:
+            getattr(service, args.jobs_command)(args.id)
+            print(f"job {args.id}: {service.get(args.id).status}")
+    except JobError as error:
+        raise CliError(str(error)) from None
+
+
+def _job_row(view: JobView) -> dict[str, object]:
+    return {
+        "id": view.id,
+        "status": view.status,
+        "progress": f"{view.iteration}/{view.total_iterations}",
+        "reward": "-" if view.reward_mean is None else f"{view.reward_mean:.3f}",
+        "eta": "-" if view.eta_s is None else f"{view.eta_s:.0f}s",
+        "algorithm": view.algorithm,
+        "created": view.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        "name": view.name,
+    }
+
+
 COMMANDS = {
     "sample": cmd_sample,
     "eval": cmd_eval,
     "pretrain-shapes": cmd_pretrain,
     "train": cmd_train,
     "bench": cmd_bench,
+    "worker": cmd_worker,
+    "jobs": cmd_jobs,
 }
 
 

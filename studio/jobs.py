@@ -38,8 +38,8 @@ def validate_config(data: dict[str, Any] | TrainConfig) -> TrainConfig:
     try:
         resolve_model(config.model.name)
     except ModelNotFoundError as error:
-        message = str(error)
-        raise ConfigError(message if message.startswith("model") else f"model.name: {message}") from None
+        message = str(error).removeprefix("model:").strip()
+        raise ConfigError(f"model.name: {message}") from None
     available = builtin_rewards()
     unknown = sorted(set(config.rewards.weights) - set(available))
     if unknown:

@@ -47,3 +47,33 @@ def tiny_config(tiny_model) -> Callable[..., TrainConfig]:
         return TrainConfig(**base)
 
     return make
+
+
+POSTGRES_ENV = "VGRPO_TEST_POSTGRES_URL"
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A fresh, empty database: a SQLite file always, and the PostgreSQL server `.ci/postgres.sh` starts.
+
+    Outside CI, without a server, the PostgreSQL half is skipped with the reason shown by `-ra`.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studio.db'}"
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{POSTGRES_ENV} is not set: .ci/run must start PostgreSQL (.ci/postgres.sh)")
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} (bash .ci/postgres.sh prints one)")
+    _reset_postgres(url)
+    return url
