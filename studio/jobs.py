@@ -76,36 +76,24 @@ class JobService:
         self, config: dict[str, Any] | TrainConfig, name: str = "", priority: int = 0, max_attempts: int = 3
     ) -> int:
         """Validate, then store a queued job; returns its id. Invalid input stores nothing."""
-        checked = validate_config(config)
+        return self.submit_many([config], priority, max_attempts, name)[0]
+
+    def submit_many(
+        self, configs: list[dict[str, Any] | TrainConfig], priority: int = 0, max_attempts: int = 3, name: str = ""
+    ) -> list[int]:
+        """Several jobs in one transaction, all validated first: all are stored or none is."""
+        checked = [validate_config(c) for c in configs]
         if max_attempts < 1:
             raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
         with self.db.session() as session:
-            job = Job(
-                name=name or f"{checked.algorithm} on {checked.model.name}",
-                config=to_dict(checked),
-                status=S.QUEUED,
-                priority=priority,
-                attempts=0,
-                max_attempts=max_attempts,
-                iteration=0,
-                total_iterations=checked.iterations,
-            )
-            session.add(job)
-            session.flush()
-            return job.id
-
-    def submit_many(self, configs: list[dict[str, Any] | TrainConfig], priority: int = 0) -> list[int]:
-        """Several jobs in one transaction: all are stored or none is."""
-        checked = [validate_config(c) for c in configs]
-        with self.db.session() as session:
             jobs = [
                 Job(
-                    name=f"{c.algorithm} on {c.model.name}",
+                    name=name or f"{c.algorithm} on {c.model.name}",
                     config=to_dict(c),
                     status=S.QUEUED,
                     priority=priority,
                     attempts=0,
-                    max_attempts=3,
+                    max_attempts=max_attempts,
                     iteration=0,
                     total_iterations=c.iterations,
                 )
