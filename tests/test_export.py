@@ -1,0 +1,85 @@
+"""LoRA export: kohya names that ComfyUI / A1111 read, the same update as the studio's LoRA, safe names."""
+
+import re
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from storage.data_dir import DataDir
+from storage.db import Database
+from studio.export import export_checkpoint, exports_of, sanitize_name
+from studio.jobs import JobService
+from trainer_core.adapters import load_adapter
+from trainer_core.config import load_preset, to_dict
+from trainer_core.lora import LoraSpec
+
+KOHYA_KEY = re.compile(r"^lora_unet_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+@pytest.fixture
+def trained_checkpoint(tiny_model, tmp_path):
+    data = DataDir(tmp_path / "data").create()
+    database = Database.open(data.default_url())
+    service = JobService(database, data)
+    config = to_dict(load_preset("shapes-smoke"))
+    config["model"]["name"] = tiny_model
+    job_id = service.submit(config)
+    adapter = load_adapter(tiny_model, "cpu")
+    adapter.add_lora(LoraSpec(rank=4, alpha=8, target_modules=("to_k", "to_out.0")))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in adapter.lora_parameters():
+            param.normal_(0, 0.1)  # B too: a LoRA that changes the model
+    path = data.run_dir(job_id) / "checkpoints" / "iter_000006.safetensors"
+    adapter.save_lora(path, {"reward_mix": "partial=1", "iterations": "6", "base_model": tiny_model})
+    service.record_checkpoint(job_id, 6, str(path))
+    checkpoint = service.checkpoints(job_id)[0]
+    yield service, checkpoint, adapter
+    database.dispose()
+
+
+def test_kohya_export_has_kohya_names_and_the_same_update(trained_checkpoint):
+    service, checkpoint, adapter = trained_checkpoint
+    path = export_checkpoint(service, checkpoint.id, "kohya", "my lora!")
+    assert path.name == "my_lora.safetensors" and path.parent == service.data_dir.exports
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        tensors = {k: handle.get_tensor(k) for k in keys}
+        metadata = handle.metadata()
+    assert keys and all(KOHYA_KEY.match(k) for k in keys), keys[:3]
+    assert metadata["rank"] == "4" and metadata["alpha"] == "8.0" and metadata["iterations"] == "6"
+    assert metadata["reward_mix"] == "partial=1" and metadata["ss_network_dim"] == "4"
+    # The update alpha / r * up @ down equals what the peft layer adds to its base weight.
+    modules = dict(adapter.denoiser.named_modules())
+    checked = 0
+    for key in keys:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        stem = key.removesuffix(".lora_down.weight")
+        delta = tensors[f"{stem}.alpha"] / 4 * tensors[f"{stem}.lora_up.weight"] @ tensors[key]
+        module_path = next(n for n in modules if f"lora_unet_{n.replace('.', '_')}" == stem)
+        assert torch.allclose(delta, modules[module_path].get_delta_weight("default"), atol=1e-6)
+        checked += 1
+    assert checked == len(keys) // 3
+    assert [e.format for e in exports_of(service, checkpoint.job_id)] == ["kohya"]
+
+
+def test_diffusers_export_prefixes_the_denoiser(trained_checkpoint):
+    service, checkpoint, _ = trained_checkpoint
+    path = export_checkpoint(service, checkpoint.id, "diffusers")
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        assert '"lora_alpha": 8.0' in handle.metadata()["lora_adapter_metadata"]
+    assert all(k.startswith("unet.") and (k.endswith("lora_A.weight") or k.endswith("lora_B.weight")) for k in keys)
+
+
+def test_export_names_are_sanitised_and_stay_inside_the_data_directory(trained_checkpoint):
+    service, checkpoint, _ = trained_checkpoint
+    path = export_checkpoint(service, checkpoint.id, "kohya", "../../etc/passwd")
+    assert path.parent == service.data_dir.exports and path.name == "etc_passwd.safetensors"
+    assert sanitize_name("  A name/with\\slashes.safetensors ") == "A_name_with_slashes"
+    with pytest.raises(ValueError, match="name"):
+        sanitize_name("../..")
+    with pytest.raises(ValueError, match="format"):
+        export_checkpoint(service, checkpoint.id, "ckpt")
