@@ -1,21 +1,55 @@
-"""Entry point of the V-GRPO Studio web app (`python app.py`).
+"""V-GRPO Studio in the browser: `python app.py` (or `make run`), then open http://127.0.0.1:7860.
 
-The browser studio is built on the storage and job-queue layers, which are not
-in this version yet; until then this prints how to use the command line.
+Starts the Gradio app and an in-process job scheduler; every training job runs in its own worker
+process, so nothing the UI does waits on training and a crashing job never takes the app down.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 
+from storage.data_dir import DataDir
 
-def main() -> int:
-    print(
-        "The V-GRPO Studio web app is not part of this version yet.\n"
-        "Use the command line meanwhile: `vgrpo sample`, `vgrpo eval`, `vgrpo pretrain-shapes` (see README.md).",
-        file=sys.stderr,
-    )
-    return 1
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="V-GRPO Studio web app")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--data-dir", help="data directory (env VGRPO_HOME, default ./studio_data)")
+    parser.add_argument("--db-url", help="database URL (default: SQLite studio.db in the data directory)")
+    parser.add_argument("--auth", help="require a login, as user:password")
+    parser.add_argument("--max-concurrent-jobs", type=int, default=1, help="training jobs run at once (default 1)")
+    args = parser.parse_args(argv)
+    if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
+        parser.error("--auth: expected user:password")
+    if args.max_concurrent_jobs < 1:
+        parser.error("--max-concurrent-jobs: must be at least 1")
+    if not 0 < args.port < 65536:
+        parser.error("--port: must be between 1 and 65535")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from studio.api import Studio
+    from studio.scheduler import JobScheduler
+    from ui.app import CSS, build_app
+
+    data_dir = DataDir(args.data_dir).create()
+    studio = Studio(data_dir, args.db_url)
+    scheduler = JobScheduler(studio.jobs.db.url, data_dir, args.max_concurrent_jobs).start()
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    print(f"V-GRPO Studio: data in {data_dir.root}; open http://{args.host}:{args.port}", flush=True)
+    try:
+        build_app(studio).queue().launch(
+            server_name=args.host, server_port=args.port, auth=auth, css=CSS, show_error=True, quiet=True
+        )
+    finally:
+        scheduler.shutdown()  # running jobs keep running in their own processes
+    return 0
 
 
 if __name__ == "__main__":

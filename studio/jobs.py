@@ -241,6 +241,16 @@ class JobService:
                 session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.iteration))
             )
 
+    def checkpoints_by_id(self, ids: list[int]) -> list[Checkpoint]:
+        with self.db.session() as session:
+            return list(session.scalars(select(Checkpoint).where(Checkpoint.id.in_(ids))))
+
+    def recent_checkpoints(self, limit: int = 100) -> list[Checkpoint]:
+        """Newest first: the latest jobs' checkpoints, latest iteration first."""
+        with self.db.session() as session:
+            query = select(Checkpoint).order_by(Checkpoint.job_id.desc(), Checkpoint.iteration.desc()).limit(limit)
+            return list(session.scalars(query))
+
     # --- the worker's side ------------------------------------------------------------------
 
     def claim(self, host: str = "", pid: int | None = None) -> tuple[Job, str] | None:

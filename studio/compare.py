@@ -1,0 +1,87 @@
+"""Side-by-side generation from several checkpoints (the base model included) on the same prompts and seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from studio.jobs import JobError, JobService
+from trainer_core.adapters import load_adapter
+from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
+from trainer_core.shapes.grammar import PromptError, parse_prompt
+from trainer_core.shapes.scoring import score_image
+
+BASE = "base"
+
+
+@dataclass
+class CompareResult:
+    labels: list[str]  # one per checkpoint, in the order asked
+    prompts: list[str]
+    seeds: list[int]
+    images: list[np.ndarray]  # per checkpoint: uint8 [len(prompts) * len(seeds), H, W, 3], prompt-major
+    scores: list[list[dict[str, float]]]  # per checkpoint, per image: shapes reward -> score ({} off-grammar)
+    accuracy: list[dict[str, float]]  # per checkpoint: held-out accuracy per category (empty if not asked)
+
+
+def compare_checkpoints(
+    service: JobService,
+    checkpoints: list[int | str],
+    prompts: list[str],
+    seeds: list[int],
+    heldout_per_category: int = 0,
+    sampling: SamplingConfig | None = None,
+) -> CompareResult:
+    """Generate `prompts` x `seeds` with each checkpoint (an id, or "base" for the job's base model).
+
+    All checkpoints must share one base model. With `heldout_per_category`, also evaluate each on that
+    many held-out prompts per category (one seed).
+    """
+    if not 2 <= len(checkpoints) <= 4:
+        raise ValueError(f"checkpoints: pick 2 to 4, got {len(checkpoints)}")
+    if not prompts or not seeds:
+        raise ValueError("prompts, seeds: give at least one of each")
+    sampling = sampling or SamplingConfig()
+    resolved = [_resolve(service, c) for c in checkpoints]
+    bases = {base for _, base, _ in resolved if base is not None}
+    if len(bases) > 1:
+        raise ValueError(f"checkpoints: they come from different base models ({', '.join(sorted(bases))})")
+    base_model = bases.pop() if bases else "shapes-base"
+    specs = None
+    if heldout_per_category:
+        from studio.bench.speed import heldout_subset
+
+        specs = heldout_subset(heldout_per_category)
+    result = CompareResult([], prompts, seeds, [], [], [])
+    grid_prompts = [p for p in prompts for _ in seeds]
+    grid_seeds = [s for _ in prompts for s in seeds]
+    for label, _, lora_path in resolved:
+        adapter = load_adapter(base_model)
+        if lora_path is not None:
+            adapter.load_lora(lora_path)
+        images = generate_images(adapter, grid_prompts, grid_seeds, sampling)
+        result.labels.append(label)
+        result.images.append(images)
+        result.scores.append([_scores(image, prompt) for image, prompt in zip(images, grid_prompts, strict=True)])
+        result.accuracy.append(evaluate(adapter, specs, 1, sampling).accuracy if specs else {})
+    return result
+
+
+def _resolve(service: JobService, checkpoint: int | str) -> tuple[str, str | None, str | None]:
+    """(label, base model or None for the plain base, LoRA path or None)."""
+    if checkpoint == BASE:
+        return "base model", None, None
+    for job_checkpoint in service.checkpoints_by_id([int(checkpoint)]):
+        job = service.get(job_checkpoint.job_id)
+        label = f"job {job.id} iter {job_checkpoint.iteration}"
+        return label, job.config["model"]["name"], str(service.data_dir.inside(job_checkpoint.path))
+    raise JobError(f"checkpoint {checkpoint}: no such checkpoint")
+
+
+def _scores(image: np.ndarray, prompt: str) -> dict[str, float]:
+    try:
+        spec = parse_prompt(prompt)
+    except PromptError:
+        return {}
+    return score_image(image, spec)

@@ -1,0 +1,30 @@
+"""The Gradio Blocks app: one tab per module, all talking to `studio.api.Studio`."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.api import Studio
+from ui import compare_tab, export_tab, jobs_tab, train_tab
+
+CSS = ".form-error { color: #b42318; font-weight: 600; }"
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    with gr.Blocks(title="V-GRPO Studio") as app:
+        gr.Markdown(
+            "# V-GRPO Studio\nAlign an image model with what you want: pick a model and rewards, Start, watch it learn."
+        )
+        with gr.Tabs():
+            with gr.Tab("Train", id="train"):
+                form = train_tab.build(studio)
+            with gr.Tab("Jobs", id="jobs"):
+                jobs_tab.build(studio, form)
+            with gr.Tab("Compare", id="compare") as compare:
+                compare_refresh, compare_checkpoints = compare_tab.build(studio)
+            with gr.Tab("Export", id="export") as export:
+                export_refresh, export_checkpoint = export_tab.build(studio)
+        # Opening a tab lists the checkpoints written since the page loaded.
+        compare.select(compare_refresh, None, compare_checkpoints)
+        export.select(export_refresh, None, export_checkpoint)
+    return app

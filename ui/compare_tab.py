@@ -1,0 +1,84 @@
+"""Compare: 2-4 checkpoints (the base model included) on the same prompts and seeds, side by side."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.api import BASE, ConfigError, JobError, Studio
+
+DEFAULT_PROMPTS = "a red circle\nthree blue squares\ntwo yellow triangles and a green circle"
+
+
+def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
+    """Builds the tab; returns its checkpoint refresher, run when the tab is opened."""
+    with gr.Row():
+        checkpoints = gr.Dropdown(
+            studio.checkpoint_choices(),
+            value=[BASE],
+            multiselect=True,
+            max_choices=4,
+            label="Checkpoints (2 to 4)",
+            elem_id="compare-checkpoints",
+            scale=4,
+        )
+        refresh = gr.Button("Refresh checkpoints", scale=1, elem_id="compare-refresh")
+    with gr.Row():
+        prompts = gr.Textbox(DEFAULT_PROMPTS, lines=4, label="Prompts, one per line", elem_id="compare-prompts")
+        with gr.Column():
+            seeds = gr.Number(2, precision=0, minimum=1, maximum=8, label="Seeds per prompt")
+            heldout = gr.Checkbox(True, label="Held-out accuracy table (5 prompts per category, 1 seed)")
+            generate = gr.Button("Generate", variant="primary", elem_id="compare-generate")
+    status = gr.HTML(elem_id="compare-status")
+    gallery = gr.Gallery(
+        label="Side by side: one column per checkpoint", columns=2, height="auto", elem_id="compare-gallery"
+    )
+    scores = gr.Dataframe(label="Reward scores per image", interactive=False, elem_id="compare-scores")
+    accuracy = gr.Dataframe(label="Held-out accuracy per checkpoint", interactive=False, elem_id="compare-accuracy")
+
+    def on_refresh() -> Any:
+        choices = studio.checkpoint_choices()
+        latest = [value for _, value in choices[1:2]]
+        return gr.update(choices=choices, value=[BASE, *latest])
+
+    def on_generate(chosen: list[str], text: str, n_seeds: float, with_heldout: bool) -> tuple[Any, ...]:
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        try:
+            result = studio.compare(chosen or [], lines, list(range(int(n_seeds or 1))), 5 if with_heldout else 0)
+        except (ConfigError, JobError, ValueError) as error:
+            return f"<span class='form-error'>⚠ {html.escape(str(error))}</span>", gr.update(), None, None
+        items, rows = [], []
+        for i in range(len(lines) * len(result.seeds)):
+            prompt, seed = lines[i // len(result.seeds)], result.seeds[i % len(result.seeds)]
+            for label, images, image_scores in zip(result.labels, result.images, result.scores, strict=True):
+                caption = f"{label} · {prompt} · seed {seed}"
+                if image_scores[i]:
+                    caption += f" · geneval {image_scores[i]['geneval']:.0f}, partial {image_scores[i]['partial']:.2f}"
+                items.append((images[i], caption))
+                rows.append(
+                    {
+                        "checkpoint": label,
+                        "prompt": prompt,
+                        "seed": seed,
+                        **{k: round(v, 3) for k, v in image_scores[i].items()},
+                    }
+                )
+        table = (
+            pd.DataFrame(
+                [
+                    {"checkpoint": label, **{k: round(v, 3) for k, v in acc.items()}}
+                    for label, acc in zip(result.labels, result.accuracy, strict=True)
+                ]
+            )
+            if with_heldout
+            else None
+        )
+        return "", gr.update(value=items, columns=len(result.labels)), pd.DataFrame(rows), table
+
+    refresh.click(on_refresh, None, checkpoints)
+    generate.click(on_generate, [checkpoints, prompts, seeds, heldout], [status, gallery, scores, accuracy])
+    return on_refresh, checkpoints

@@ -1,0 +1,46 @@
+"""Export: a checkpoint's LoRA as one .safetensors file for ComfyUI / AUTOMATIC1111 (kohya) or diffusers."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from studio.api import JobError, Studio
+
+
+def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
+    """Builds the tab; returns its checkpoint refresher, run when the tab is opened."""
+    with gr.Row():
+        checkpoint = gr.Dropdown(
+            studio.checkpoint_choices()[1:], label="Checkpoint", elem_id="export-checkpoint", scale=4
+        )
+        refresh = gr.Button("Refresh checkpoints", scale=1, elem_id="export-refresh")
+    with gr.Row():
+        fmt = gr.Radio(
+            studio.export_formats(),
+            value="kohya",
+            label="Format",
+            info="kohya: lora_unet_* lora_down / lora_up / alpha (ComfyUI, AUTOMATIC1111); diffusers: peft keys",
+        )
+        name = gr.Textbox(label="File name (optional)", placeholder="letters, digits, . _ -", elem_id="export-name")
+    export = gr.Button("Export", variant="primary", elem_id="export-button")
+    status = gr.HTML(elem_id="export-status")
+    download = gr.DownloadButton("Download", visible=False, elem_id="export-download")
+
+    def on_refresh() -> Any:
+        choices = studio.checkpoint_choices()[1:]
+        return gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+    def on_export(chosen: str | None, fmt_value: str, file_name: str) -> tuple[str, Any]:
+        try:
+            path = studio.export(chosen or "", fmt_value, file_name or "")
+        except (JobError, ValueError) as error:
+            return f"<span class='form-error'>⚠ {html.escape(str(error))}</span>", gr.update(visible=False)
+        return f"<span id='export-ok'>✓ Wrote {html.escape(path.name)}</span>", gr.update(value=str(path), visible=True)
+
+    refresh.click(on_refresh, None, checkpoint)
+    export.click(on_export, [checkpoint, fmt, name], [status, download])
+    return on_refresh, checkpoint

@@ -1,0 +1,131 @@
+"""Jobs: the queue as a live table; the selected job's sample grids, curves, log and controls."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.api import JobError, JobView, Studio
+
+POLL_S = 2.0
+TRAINING_CURVES = ("loss", "ratio_mean", "clip_fraction", "kl", "surrogate_cv_within_group")
+COLUMNS = ["id", "status", "progress", "eta", "reward now", "algorithm", "created"]
+
+
+def _row(view: JobView) -> list[Any]:
+    return [
+        view.id,
+        view.status,
+        f"{view.iteration}/{view.total_iterations}",
+        "" if view.eta_s is None else f"{view.eta_s:.0f} s",
+        "" if view.reward_mean is None else round(view.reward_mean, 4),
+        view.algorithm,
+        view.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+    ]
+
+
+def _curves(metrics: dict[str, list[tuple[int, float]]], names: list[str]) -> pd.DataFrame:
+    rows = [(i, v, name) for name in names for i, v in metrics.get(name, [])]
+    return pd.DataFrame(rows, columns=["iteration", "value", "metric"])
+
+
+def build(studio: Studio, train_form: Any) -> None:
+    table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, label="Queue", elem_id="jobs-table")
+    with gr.Row():
+        job_id = gr.Number(label="Job (0 = newest)", value=0, precision=0, elem_id="jobs-selected", scale=1)
+        summary = gr.HTML(elem_id="jobs-summary")
+    with gr.Row():
+        actions = {
+            name: gr.Button(name.capitalize(), elem_id=f"jobs-{name}", size="sm")
+            for name in ("cancel", "pause", "resume", "retry")
+        }
+        duplicate = gr.Button("Duplicate into Train", elem_id="jobs-duplicate", size="sm")
+    with gr.Row():
+        with gr.Column():
+            grid = gr.Image(label="Sample grid", type="filepath", interactive=False, elem_id="jobs-grid", height=420)
+            grid_step = gr.Slider(0, 1, step=1, value=0, label="Sample grid", elem_id="jobs-grid-slider")
+            follow = gr.Checkbox(True, label="Follow the newest grid")
+        with gr.Column():
+            rewards_plot = gr.LinePlot(
+                x="iteration", y="value", color="metric", label="Rewards", elem_id="jobs-rewards", height=260
+            )
+            training_plot = gr.LinePlot(x="iteration", y="value", color="metric", label="Training", height=260)
+    log = gr.Textbox(label="Log tail", lines=8, max_lines=8, interactive=False, elem_id="jobs-log")
+    timer = gr.Timer(POLL_S)
+
+    def selected(value: float | None, views: list[JobView]) -> int | None:
+        if value:
+            return int(value)
+        return views[0].id if views else None
+
+    def refresh(value: float | None, step: float | None, follow_latest: bool) -> tuple[Any, ...]:
+        views = studio.list_jobs()
+        rows = [_row(v) for v in views]
+        chosen = selected(value, views)
+        if chosen is None:
+            return rows, "<i>No jobs yet: start one in Train.</i>", None, gr.update(maximum=1, value=0), None, None, ""
+        try:
+            detail = studio.job_detail(chosen)
+        except JobError as error:
+            return rows, html.escape(str(error)), None, gr.update(), None, None, ""
+        view = detail.view
+        error = f"<br><small>{html.escape(view.error.strip().splitlines()[-1])}</small>" if view.error else ""
+        progress = f"iteration {view.iteration}/{view.total_iterations}"
+        info = f"<b>Job {view.id}</b> · <span id='jobs-status'>{view.status}</span> · {progress}{error}"
+        grids = detail.grids
+        last = max(len(grids) - 1, 0)
+        index = last if follow_latest or step is None else min(int(step), last)
+        image = grids[index][1] if grids else None
+        reward_names = sorted(n for n in detail.metrics if n.startswith("reward_") and n != "reward_std")
+        return (
+            rows,
+            info,
+            image,
+            gr.update(
+                maximum=max(last, 1),
+                value=index,
+                label=f"Sample grid: iteration {grids[index][0]}" if grids else "Sample grid",
+            ),
+            _curves(detail.metrics, reward_names),
+            _curves(detail.metrics, list(TRAINING_CURVES)),
+            detail.log_tail,
+        )
+
+    outputs = [table, summary, grid, grid_step, rewards_plot, training_plot, log]
+    timer.tick(refresh, [job_id, grid_step, follow], outputs, show_progress="hidden")
+    job_id.change(lambda v, s: refresh(v, s, True), [job_id, grid_step], outputs)
+
+    def show_grid(value: float | None, step: float) -> Any:
+        chosen = selected(value, studio.list_jobs(limit=1))
+        grids = studio.job_detail(chosen).grids if chosen else []
+        return grids[int(step)][1] if grids and int(step) < len(grids) else None
+
+    grid_step.release(show_grid, [job_id, grid_step], grid).then(lambda: False, None, follow)
+
+    def control(action: str) -> Callable[[float | None], str]:
+        def run(value: float | None) -> str:
+            chosen = selected(value, studio.list_jobs(limit=1))
+            if chosen is None:
+                return "<i>No job selected.</i>"
+            try:
+                status = studio.control(chosen, action)
+            except (JobError, ValueError) as error:
+                return f"<span class='form-error'>⚠ {html.escape(str(error))}</span>"
+            return f"<b>Job {chosen}</b> · {status}"
+
+        return run
+
+    for name, button in actions.items():
+        button.click(control(name), job_id, summary)
+
+    def on_duplicate(value: float | None) -> list[Any]:
+        chosen = selected(value, studio.list_jobs(limit=1))
+        if chosen is None:
+            return train_form.apply("no job to duplicate")
+        return train_form.apply(studio.job_config(chosen))
+
+    duplicate.click(on_duplicate, job_id, [*train_form.components(), train_form.status])
