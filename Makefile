@@ -20,10 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/vgrpo sample --model shapes-base --seeds 0-7 --steps 12 --solver heun \
-		--prompt "a red circle" --prompt "two blue squares" --prompt "a green triangle left of a yellow circle" \
-		--out out/demo_grid.png
-	@echo "Sample grid written to out/demo_grid.png"
+	$(BIN)/python app.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .
