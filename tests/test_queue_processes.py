@@ -159,3 +159,22 @@ def test_jobs_cli_refuses_a_bad_config_naming_the_field(data_dir, tmp_path, caps
     assert main(["jobs", "list", "--data-dir", str(data_dir.root)]) == 0
     assert "no jobs" in capsys.readouterr().out
     assert not list(Path(data_dir.runs).iterdir())
+
+
+@pytest.mark.slow
+def test_cancelling_a_running_job_stops_it_at_an_iteration_with_a_checkpoint(service, data_dir, tiny_model):
+    config = tiny_job(tiny_model, iterations=200)
+    config["logging"]["checkpoint_every"] = 50  # the stop must write its own checkpoint
+    job_id = service.submit(config)
+    scheduler = JobScheduler(data_dir.default_url(), data_dir, poll_s=0.3)
+    scheduler.tick()
+    wait_for(lambda: service.get(job_id).iteration >= 2, timeout_s=120)
+    service.cancel(job_id)
+    assert scheduler.wait_idle(timeout_s=120)
+    job = service.get(job_id)
+    assert job.status == JobStatus.CANCELLED
+    stopped_at = metric_rows(service, job_id)[-1]
+    assert 2 <= stopped_at < 200
+    assert [c.iteration for c in service.checkpoints(job_id)] == [stopped_at]
+    service.retry(job_id)  # picks up from that checkpoint
+    assert service.get(job_id).status == JobStatus.QUEUED

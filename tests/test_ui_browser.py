@@ -139,7 +139,7 @@ def test_a_new_user_trains_watches_compares_and_exports(page, tmp_path):
 
     page.get_by_role("tab", name="Export").click()
     page.wait_for_function(
-        "document.querySelector('#export-checkpoint')?.innerText.includes('iteration 6')", timeout=20_000
+        "document.querySelector('#export-checkpoint input')?.value.includes('iteration 6')", timeout=20_000
     )
     page.click("#export-button")
     page.locator("#export-ok").wait_for(timeout=30_000)

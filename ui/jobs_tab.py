@@ -29,8 +29,10 @@ def _row(view: JobView) -> list[Any]:
 
 
 def _curves(metrics: dict[str, list[tuple[int, float]]], names: list[str]) -> pd.DataFrame:
-    rows = [(i, v, name) for name in names for i, v in metrics.get(name, [])]
-    return pd.DataFrame(rows, columns=["iteration", "value", "metric"])
+    """Long format for a LinePlot: one row per (metric, iteration), numeric axes."""
+    rows = [(int(i), float(v), name) for name in names for i, v in metrics.get(name, [])]
+    frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
+    return frame.astype({"iteration": "int64", "score": "float64", "series": "string"})
 
 
 def build(studio: Studio, train_form: Any) -> None:
@@ -53,7 +55,7 @@ def build(studio: Studio, train_form: Any) -> None:
             rewards_plot = gr.LinePlot(
                 x="iteration", y="value", color="metric", label="Rewards", elem_id="jobs-rewards", height=260
             )
-            training_plot = gr.LinePlot(x="iteration", y="value", color="metric", label="Training", height=260)
+            training_plot = gr.LinePlot(x="iteration", y="score", color="series", label="Training", height=260)
     log = gr.Textbox(label="Log tail", lines=8, max_lines=8, interactive=False, elem_id="jobs-log")
     timer = gr.Timer(POLL_S)
 
