@@ -53,7 +53,7 @@ def build(studio: Studio, train_form: Any) -> None:
             follow = gr.Checkbox(True, label="Follow the newest grid")
         with gr.Column():
             rewards_plot = gr.LinePlot(
-                x="iteration", y="value", color="metric", label="Rewards", elem_id="jobs-rewards", height=260
+                x="iteration", y="score", color="series", label="Rewards", elem_id="jobs-rewards", height=260
             )
             training_plot = gr.LinePlot(x="iteration", y="score", color="series", label="Training", height=260)
     log = gr.Textbox(label="Log tail", lines=8, max_lines=8, interactive=False, elem_id="jobs-log")
@@ -64,16 +64,19 @@ def build(studio: Studio, train_form: Any) -> None:
             return int(value)
         return views[0].id if views else None
 
-    def refresh(value: float | None, step: float | None, follow_latest: bool) -> tuple[Any, ...]:
+    def refresh(value: float | None, step: float | None, follow_latest: bool, shown: str) -> tuple[Any, ...]:
+        """Everything the tab shows; the grid and the curves only when they changed (a redraw every
+        poll would make the charts flicker)."""
         views = studio.list_jobs()
         rows = [_row(v) for v in views]
         chosen = selected(value, views)
         if chosen is None:
-            return rows, "<i>No jobs yet: start one in Train.</i>", None, gr.update(maximum=1, value=0), None, None, ""
+            empty = "<i>No jobs yet: start one in Train.</i>"
+            return rows, empty, None, gr.update(maximum=1, value=0), None, None, "", ""
         try:
             detail = studio.job_detail(chosen)
         except JobError as error:
-            return rows, html.escape(str(error)), None, gr.update(), None, None, ""
+            return rows, html.escape(str(error)), None, gr.update(), None, None, "", ""
         view = detail.view
         error = f"<br><small>{html.escape(view.error.strip().splitlines()[-1])}</small>" if view.error else ""
         progress = f"iteration {view.iteration}/{view.total_iterations}"
@@ -83,6 +86,9 @@ def build(studio: Studio, train_form: Any) -> None:
         index = last if follow_latest or step is None else min(int(step), last)
         image = grids[index][1] if grids else None
         reward_names = sorted(n for n in detail.metrics if n.startswith("reward_") and n != "reward_std")
+        signature = f"{chosen}:{view.iteration}:{len(grids)}:{index}"
+        if signature == shown:
+            return rows, info, gr.update(), gr.update(), gr.update(), gr.update(), detail.log_tail, shown
         return (
             rows,
             info,
@@ -95,11 +101,13 @@ def build(studio: Studio, train_form: Any) -> None:
             _curves(detail.metrics, reward_names),
             _curves(detail.metrics, list(TRAINING_CURVES)),
             detail.log_tail,
+            signature,
         )
 
-    outputs = [table, summary, grid, grid_step, rewards_plot, training_plot, log]
-    timer.tick(refresh, [job_id, grid_step, follow], outputs, show_progress="hidden")
-    job_id.change(lambda v, s: refresh(v, s, True), [job_id, grid_step], outputs)
+    shown = gr.State("")  # what the grid and curves show now: job, iteration, grids, grid index
+    outputs = [table, summary, grid, grid_step, rewards_plot, training_plot, log, shown]
+    timer.tick(refresh, [job_id, grid_step, follow, shown], outputs, show_progress="hidden")
+    job_id.change(lambda v, s: refresh(v, s, True, ""), [job_id, grid_step], outputs)
 
     def show_grid(value: float | None, step: float) -> Any:
         chosen = selected(value, studio.list_jobs(limit=1))
