@@ -7,11 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from studio.api import BASE, ConfigError, JobError, Studio
 
 DEFAULT_PROMPTS = "a red circle\nthree blue squares\ntwo yellow triangles and a green circle"
+
+
+def _crisp(image: np.ndarray, size: int = 160) -> np.ndarray:
+    """Small images enlarged by pixel repetition, so the browser does not blur them."""
+    factor = max(1, size // image.shape[0])
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
@@ -58,7 +65,7 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
                 caption = f"{label} · {prompt} · seed {seed}"
                 if image_scores[i]:
                     caption += f" · geneval {image_scores[i]['geneval']:.0f}, partial {image_scores[i]['partial']:.2f}"
-                items.append((images[i], caption))
+                items.append((_crisp(images[i]), caption))
                 rows.append(
                     {
                         "checkpoint": label,
@@ -77,7 +84,9 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
             if with_heldout
             else None
         )
-        return "", gr.update(value=items, columns=len(result.labels)), pd.DataFrame(rows), table
+        # One row per prompt: for each seed, the checkpoints next to each other.
+        columns = len(result.labels) * len(result.seeds)
+        return "", gr.update(value=items, columns=columns), pd.DataFrame(rows), table
 
     refresh.click(on_refresh, None, checkpoints)
     generate.click(on_generate, [checkpoints, prompts, seeds, heldout], [status, gallery, scores, accuracy])
