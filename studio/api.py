@@ -86,7 +86,7 @@ class Studio:
 
     @staticmethod
     def field_help() -> dict[str, str]:
-        """"section.field" -> its documentation line, from the config dataclasses' docstrings."""
+        """ "section.field" -> its documentation line, from the config dataclasses' docstrings."""
         docs = dict(field_docs(TrainConfig))
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(TrainConfig):
@@ -160,4 +160,3 @@ class Studio:
         if checkpoint in ("", BASE):
             raise ValueError("checkpoint: pick a trained checkpoint (the base model has no LoRA to export)")
         return export_checkpoint(self.jobs, int(checkpoint), fmt, name)
-

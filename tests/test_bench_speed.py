@@ -13,6 +13,7 @@ from studio.bench.speed import (
     heldout_subset,
     method_configs,
     speed_benchmark,
+    summarize_runs,
     write_speed_report,
 )
 from studio.cli import main
@@ -30,6 +31,29 @@ def test_first_reaching_takes_the_earliest_snapshot_at_or_above_target():
     snaps = [Snapshot(i, 10.0 * i, i, 2 * i, 100 * i, 0.0, acc) for i, acc in enumerate([0.4, 0.5, 0.62, 0.6])]
     assert first_reaching(snaps, 0.6).mark == 2
     assert first_reaching(snaps, 0.7) is None
+
+
+def _run(accuracies: list[float], seconds_per_mark: float) -> list[Snapshot]:
+    return [Snapshot(i, seconds_per_mark * i, 5 * i, 10 * i, 1000 * i, 0.0, acc) for i, acc in enumerate(accuracies)]
+
+
+def test_speedups_are_time_to_flow_grpos_best_accuracy():
+    runs = {
+        "vgrpo": [_run([0.5, 0.6, 0.7], 60), _run([0.5, 0.62, 0.68], 60)],
+        "flow-grpo": [_run([0.5, 0.52, 0.6], 60), _run([0.5, 0.55, 0.6], 60)],
+    }
+    target, speedups, summaries = summarize_runs(runs, [0, 1], marks=2)
+    assert target["accuracy"] == pytest.approx(0.6) and target["improves_on_base"]
+    assert summaries["vgrpo"]["time_to_target_s"]["per_seed"] == [60, 60]
+    assert summaries["flow-grpo"]["time_to_target_s"]["per_seed"] == [120, 120]
+    assert speedups == {"flow-grpo": pytest.approx(2.0)}
+
+
+def test_no_speedup_when_flow_grpo_does_not_beat_the_base_model():
+    runs = {"vgrpo": [_run([0.5, 0.6], 60)], "flow-grpo": [_run([0.5, 0.45], 60)]}
+    target, speedups, summaries = summarize_runs(runs, [0], marks=1)
+    assert not target["improves_on_base"] and speedups == {}
+    assert summaries["vgrpo"]["time_to_target_s"]["reached"] == "0/1"
 
 
 @pytest.mark.slow
@@ -53,7 +77,10 @@ def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path):
             assert all(0.0 <= s["accuracy"] <= 1.0 for s in snaps)
     flow_curve = report["methods"]["flow-grpo"]["mean_curve"]
     assert report["target"]["accuracy"] == max(p["accuracy"] for p in flow_curve[1:])
-    assert report["methods"]["flow-grpo"]["time_to_target_s"]["reached"] != "0/2"
+    if report["target"]["improves_on_base"]:
+        assert report["methods"]["flow-grpo"]["time_to_target_s"]["reached"] != "0/2"
+    else:
+        assert report["speedup_of_vgrpo"] == {}
 
     table = write_speed_report(report, tmp_path)
     assert json.loads((tmp_path / "speed.json").read_text())["benchmark"] == "speed"
