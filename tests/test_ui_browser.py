@@ -107,12 +107,15 @@ def test_bad_input_shows_an_inline_error_and_submits_nothing(page):
 
 @pytest.mark.slow
 def test_a_new_user_trains_watches_compares_and_exports(page, tmp_path):
+    started = time.monotonic()
     page.click("#train-start")
     page.locator("#train-ok").wait_for(timeout=20_000)
     assert "Job 1 queued" in page.locator("#train-ok").inner_text()
     shot(page, "train")
 
     page.get_by_role("tab", name="Jobs").click()
+    page.wait_for_selector("#jobs-grid img", timeout=240_000)
+    print(f"\nStart to first sample grid in the browser: {time.monotonic() - started:.1f} s")
     seen = set()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and "done" not in seen:
@@ -125,6 +128,7 @@ def test_a_new_user_trains_watches_compares_and_exports(page, tmp_path):
     assert page.locator("#jobs-grid img").get_attribute("src")
     assert "iteration 6" in page.locator("#jobs-grid-slider").inner_text()
     page.wait_for_selector("#jobs-rewards canvas, #jobs-rewards svg", timeout=20_000)
+    (SCREENSHOTS / "jobs_rewards.html").write_text(page.locator("#jobs-rewards").inner_html())
     shot(page, "jobs")
 
     page.get_by_role("tab", name="Compare").click()
