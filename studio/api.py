@@ -150,6 +150,26 @@ class Studio:
             choices.append((f"job {checkpoint.job_id} · iteration {checkpoint.iteration}", str(checkpoint.id)))
         return choices
 
+    @staticmethod
+    def prompt_sets() -> list[str]:
+        """Named prompt lists for Compare: a few held-out prompts of each category, or of one category."""
+        from trainer_core.shapes.grammar import CATEGORIES
+
+        return ["heldout: 2 per category", *(f"heldout: {c}" for c in CATEGORIES)]
+
+    @staticmethod
+    def prompt_set(name: str) -> list[str]:
+        from studio.bench.speed import heldout_subset
+        from trainer_core.shapes.prompt_sets import load_heldout
+
+        if name == "heldout: 2 per category":
+            return [spec.prompt for spec in heldout_subset(2)]
+        category = name.removeprefix("heldout: ")
+        specs = [spec for spec in load_heldout() if spec.category == category]
+        if not specs:
+            raise ValueError(f"prompt set: unknown {name!r}; allowed: {', '.join(Studio.prompt_sets())}")
+        return [spec.prompt for spec in specs[:: max(1, len(specs) // 8)][:8]]
+
     def compare(
         self, checkpoints: list[str], prompts: list[str], seeds: list[int], heldout_per_category: int = 0
     ) -> CompareResult:

@@ -35,7 +35,11 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
         )
         refresh = gr.Button("Refresh checkpoints", scale=1, elem_id="compare-refresh")
     with gr.Row():
-        prompts = gr.Textbox(DEFAULT_PROMPTS, lines=4, label="Prompts, one per line", elem_id="compare-prompts")
+        with gr.Column():
+            prompt_set = gr.Dropdown(
+                ["", *studio.prompt_sets()], value="", label="Prompt set (fills the prompts below)"
+            )
+            prompts = gr.Textbox(DEFAULT_PROMPTS, lines=4, label="Prompts, one per line", elem_id="compare-prompts")
         with gr.Column():
             seeds = gr.Number(2, precision=0, minimum=1, maximum=8, label="Seeds per prompt")
             heldout = gr.Checkbox(True, label="Held-out accuracy table (5 prompts per category, 1 seed)")
@@ -89,5 +93,6 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
         return "", gr.update(value=items, columns=columns), pd.DataFrame(rows), table
 
     refresh.click(on_refresh, None, checkpoints)
+    prompt_set.change(lambda name: "\n".join(studio.prompt_set(name)) if name else gr.update(), prompt_set, prompts)
     generate.click(on_generate, [checkpoints, prompts, seeds, heldout], [status, gallery, scores, accuracy])
     return on_refresh, checkpoints
