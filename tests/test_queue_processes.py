@@ -95,7 +95,7 @@ def test_two_schedulers_never_run_the_same_job_twice(service, data_dir, tiny_mod
                 not service.list_jobs(limit=1000, status=JobStatus.QUEUED)
                 and not service.list_jobs(limit=1000, status=JobStatus.RUNNING)
             ),
-            timeout_s=600,
+            timeout_s=1500,
             poll_s=1,
         )
     finally:
