@@ -41,7 +41,6 @@ __all__ = ["BASE", "ConfigError", "JobError", "JobStatus", "JobView", "Studio"]
 class JobDetail:
     view: JobView
     grids: list[tuple[int, str]]  # (iteration, PNG path), oldest first
-    metrics: dict[str, list[tuple[int, float]]]
     log_tail: str
 
 
@@ -129,7 +128,14 @@ class Studio:
             text = log_path.read_text(errors="replace").replace("\r", "\n")
             tail = "\n".join(line for line in text.splitlines() if line.strip())
             tail = "\n".join(tail.splitlines()[-log_lines:])
-        return JobDetail(view, self.jobs.sample_grids(job_id), self.jobs.metrics(job_id), tail)
+        return JobDetail(view, self.jobs.sample_grids(job_id), tail)
+
+    def job_metrics(self, job_id: int) -> dict[str, list[tuple[int, float]]]:
+        """name -> [(iteration, value)]: every metric row of the job (read only when curves must be redrawn)."""
+        return self.jobs.metrics(job_id)
+
+    def sample_grids(self, job_id: int) -> list[tuple[int, str]]:
+        return self.jobs.sample_grids(job_id)
 
     def control(self, job_id: int, action: str) -> str:
         """cancel | pause | resume | retry; returns the job's status after it."""

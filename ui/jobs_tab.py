@@ -85,10 +85,11 @@ def build(studio: Studio, train_form: Any) -> None:
         last = max(len(grids) - 1, 0)
         index = last if follow_latest or step is None else min(int(step), last)
         image = grids[index][1] if grids else None
-        reward_names = sorted(n for n in detail.metrics if n.startswith("reward_") and n != "reward_std")
         signature = f"{chosen}:{view.iteration}:{len(grids)}:{index}"
         if signature == shown:
             return rows, info, gr.update(), gr.update(), gr.update(), gr.update(), detail.log_tail, shown
+        metrics = studio.job_metrics(chosen)
+        reward_names = sorted(n for n in metrics if n.startswith("reward_") and n != "reward_std")
         return (
             rows,
             info,
@@ -98,8 +99,8 @@ def build(studio: Studio, train_form: Any) -> None:
                 value=index,
                 label=f"Sample grid: iteration {grids[index][0]}" if grids else "Sample grid",
             ),
-            _curves(detail.metrics, reward_names),
-            _curves(detail.metrics, list(TRAINING_CURVES)),
+            _curves(metrics, reward_names),
+            _curves(metrics, list(TRAINING_CURVES)),
             detail.log_tail,
             signature,
         )
@@ -111,7 +112,7 @@ def build(studio: Studio, train_form: Any) -> None:
 
     def show_grid(value: float | None, step: float) -> Any:
         chosen = selected(value, studio.list_jobs(limit=1))
-        grids = studio.job_detail(chosen).grids if chosen else []
+        grids = studio.sample_grids(chosen) if chosen else []
         return grids[int(step)][1] if grids and int(step) < len(grids) else None
 
     grid_step.release(show_grid, [job_id, grid_step], grid).then(lambda: False, None, follow)
