@@ -299,11 +299,10 @@ class VGRPOTrainer(GroupTrainer):
         return per_image * len(batch.generation.prompts)
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
-        surrogate_old = batch.surrogate_old.float().cpu()
         return {
-            "surrogate_cv_within_group": within_group_cv(surrogate_old, self.config.rollout.group_size),
-            # a steady fall means the LoRA is unlearning how to denoise its own samples
-            "surrogate_mean": float(surrogate_old.mean()),
+            "surrogate_cv_within_group": within_group_cv(
+                batch.surrogate_old.float().cpu(), self.config.rollout.group_size
+            )
         }
 
     def _surrogate_chunk(
@@ -354,7 +353,6 @@ class VGRPOTrainer(GroupTrainer):
                 x_hat if batch.x_hat_anchor is not None else None,
                 None if batch.x_hat_anchor is None else batch.x_hat_anchor[part],
                 cfg.beta,
-                cfg.self_likelihood,
             )
             weight = s.shape[0] / n
             self.backward(terms.loss * weight)

@@ -43,9 +43,6 @@ class VGRPOConfig:
     penalty_to: the anchor of the beta penalty: "old" (theta_old, the behaviour policy; no extra pass) or
         "reference" (the base model, LoRA disabled; one more no-grad pass per pair per iteration)
         (old; paper old).
-    self_likelihood: weight c of a -c * mean_i s_i term, an unclipped pull towards denoising the policy's
-        own samples well; the surrogate of a negative image can fall without bound (nothing normalises
-        it), and this term resists that drift without anchoring to the base model (0; not in the paper).
     gradient_steps: mu, optimiser steps per iteration on the same rollouts (2; paper: several).
     advantage_eps: added to the group std of rewards (1e-4; paper 1e-4).
     """
@@ -61,7 +58,6 @@ class VGRPOConfig:
     soft_clip_eta: float = 0.0
     beta: float = 0.0
     penalty_to: str = "old"
-    self_likelihood: float = 0.0
     gradient_steps: int = 2
     advantage_eps: float = 1e-4
 
@@ -76,8 +72,8 @@ class VGRPOConfig:
             raise ValueError(f"vgrpo.pair_sharing: must be one of {', '.join(PAIR_SHARING)}, got {self.pair_sharing!r}")
         if not 0.0 <= self.t_min < self.t_max <= 1.0:
             raise ValueError(f"vgrpo.t_min, t_max: need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
-        if self.clip_epsilon < 0 or self.soft_clip_eta < 0 or self.beta < 0 or self.self_likelihood < 0:
-            raise ValueError("vgrpo.clip_epsilon, soft_clip_eta, beta, self_likelihood: must be non-negative")
+        if self.clip_epsilon < 0 or self.soft_clip_eta < 0 or self.beta < 0:
+            raise ValueError("vgrpo.clip_epsilon, soft_clip_eta, beta: must be non-negative")
         if self.penalty_to not in PENALTY_ANCHORS:
             raise ValueError(f"vgrpo.penalty_to: must be one of {', '.join(PENALTY_ANCHORS)}, got {self.penalty_to!r}")
         if self.gradient_steps < 1:
@@ -197,11 +193,9 @@ def vgrpo_loss(
     x_hat: torch.Tensor | None = None,
     x_hat_anchor: torch.Tensor | None = None,
     beta: float = 0.0,
-    self_likelihood: float = 0.0,
 ) -> LossTerms:
     """-J with J = mean min(rho A, clip(rho, 1 - eps, 1 + eps) A) - beta mean ||x_hat - x_hat_anchor||^2.
 
-    Minus self_likelihood * mean s when that weight is positive.
     rho_i = exp(s_i - s_i_old): one ratio per image. clip_epsilon = 0 leaves rho unclipped. `kl` is the
     penalty when x_hat_anchor is given, else the k3 estimate mean(rho - 1 - log rho).
     """
@@ -222,8 +216,6 @@ def vgrpo_loss(
         # Without the penalty, report the k3 estimate of KL(theta_old || theta) from the ratios.
         log_ratio = (surrogate - surrogate_old).detach()
         kl = float((log_ratio.exp() - 1 - log_ratio).mean())
-    if self_likelihood > 0:
-        loss = loss - self_likelihood * surrogate.mean()
     return LossTerms(loss, float(ratio.detach().mean()), clip_fraction, kl)
 
 
