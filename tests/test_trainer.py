@@ -9,9 +9,11 @@ import torch
 from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.adapters import load_adapter
+from trainer_core.config import RolloutConfig
 from trainer_core.rewards.base import RewardMix
 from trainer_core.rewards.builtin import builtin_rewards
-from trainer_core.trainer import VGRPOTrainer
+from trainer_core.shapes.grammar import CATEGORIES, parse_prompt
+from trainer_core.trainer import PromptSource, VGRPOTrainer
 from trainer_core.vgrpo import VGRPOConfig
 
 
@@ -63,12 +65,15 @@ def test_run_directory_and_resume_without_gaps(tiny_model, tiny_config, tmp_path
     assert [r["iteration"] for r in run.read_metrics()] == [1, 2, 3, 4, 5]
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_path):
+@pytest.mark.parametrize("prompts", ["train", "train-balanced"])
+def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_path, prompts):
+    # 3 prompts per iteration: the balanced deck of 5 categories is mid-way at the split
+    rollout = RolloutConfig(prompts_per_iteration=3, group_size=2, steps=3, solver="euler", prompts=prompts)
     straight = tmp_path / "straight"
-    run_training(tiny_config(iterations=3), straight)
+    run_training(tiny_config(iterations=3, rollout=rollout), straight)
     split = tmp_path / "split"
-    run_training(tiny_config(iterations=2), split)
-    run_training(tiny_config(iterations=3), split, resume=True)
+    run_training(tiny_config(iterations=2, rollout=rollout), split)
+    run_training(tiny_config(iterations=3, rollout=rollout), split, resume=True)
     a, b = RunDirectory(straight).read_metrics(), RunDirectory(split).read_metrics()
     for key in ("reward_mean", "loss", "grad_norm"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4), key
@@ -132,3 +137,17 @@ def test_penalty_anchor_and_its_cost(tiny_model, tiny_config, anchor):
     images = 2 * 4
     expected = images * (3 + 2 + 3 * 2 + (2 if anchor == "reference" else 0))  # euler 3 + s_old + fwd/bwd
     assert first["nfe"] == expected
+
+
+def test_balanced_prompts_cover_every_category_once_per_deck():
+    source = PromptSource("train-balanced", seed=3)
+    prompts = source.draw(7) + source.draw(13)  # decks straddle the draws
+    categories = [parse_prompt(p).category for p in prompts]
+    for start in range(0, 20, len(CATEGORIES)):
+        assert sorted(categories[start : start + len(CATEGORIES)]) == sorted(CATEGORIES)
+    assert len(set(prompts)) > 10  # prompts within a category still vary
+
+
+def test_unknown_prompt_source_names_the_field_and_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"rollout\.prompts: .*train-balanced"):
+        PromptSource(str(tmp_path / "missing.txt"), seed=0)

@@ -75,7 +75,9 @@ class RolloutConfig:
     steps: ODE solver steps, K (10; paper 40 on SD3.5-M, 16 on FLUX).
     solver: euler | heun | dpmpp_2m (dpmpp_2m; paper DPM-Solver++).
     guidance_scale: classifier-free guidance in rollouts; 1 is none (1.0; paper none on SD3.5-M).
-    prompts: "train" (the shapes grammar's sampler) or a path to a prompts file (train).
+    prompts: "train" (the shapes grammar's sampler, categories drawn uniformly), "train-balanced" (the
+        same, categories dealt in shuffled decks so each iteration covers them evenly) or a path to a
+        prompts file (train).
     batch_size: images per model call, to bound memory (64).
     """
 

@@ -61,17 +61,28 @@ class SurrogateBatch:
 
 
 class PromptSource:
-    """Prompts for rollouts: the shapes grammar's training sampler, or the lines of a file."""
+    """Prompts for rollouts: the shapes grammar's training sampler, or the lines of a file.
+
+    "train" draws each prompt's category uniformly; "train-balanced" deals categories from shuffled
+    decks of all of them, so every window of len(CATEGORIES) prompts covers each category once and
+    an iteration's gradient is not dominated by whichever categories it happened to draw.
+    """
+
+    SPECS = ("train", "train-balanced")
 
     def __init__(self, spec: str, seed: int) -> None:
+        self.spec = spec
         self.rng = random.Random(seed)
         self.lines: list[str] | None = None
-        if spec != "train":
+        self.deck: list[str] = []  # categories still to deal, "train-balanced" only
+        if spec not in self.SPECS:
             from pathlib import Path
 
             path = Path(spec)
             if not path.is_file():
-                raise ValueError(f"rollout.prompts: {spec!r} is neither 'train' nor an existing prompts file")
+                raise ValueError(
+                    f"rollout.prompts: {spec!r} is neither one of {', '.join(self.SPECS)} nor an existing prompts file"
+                )
             self.lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             if not self.lines:
                 raise ValueError(f"rollout.prompts: {spec} holds no prompts")
@@ -79,9 +90,16 @@ class PromptSource:
     def draw(self, n: int) -> list[str]:
         if self.lines is not None:
             return [self.rng.choice(self.lines) for _ in range(n)]
-        from trainer_core.shapes.grammar import sample_spec
+        from trainer_core.shapes.grammar import CATEGORIES, sample_spec
 
-        return [sample_spec(self.rng).prompt for _ in range(n)]
+        if self.spec == "train":
+            return [sample_spec(self.rng).prompt for _ in range(n)]
+        prompts = []
+        for _ in range(n):
+            if not self.deck:
+                self.deck = self.rng.sample(CATEGORIES, len(CATEGORIES))
+            prompts.append(sample_spec(self.rng, self.deck.pop()).prompt)
+        return prompts
 
 
 class GroupTrainer(ABC):
@@ -225,6 +243,7 @@ class GroupTrainer(ABC):
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "prompt_rng": self.prompts.rng.getstate(),  # a tuple of ints: loads with weights_only
+            "prompt_deck": list(self.prompts.deck),
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -233,6 +252,7 @@ class GroupTrainer(ABC):
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
         self.prompts.rng.setstate(state["prompt_rng"])  # type: ignore[arg-type]
+        self.prompts.deck = list(state.get("prompt_deck", []))  # type: ignore[call-overload]
         torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
 
 
@@ -299,10 +319,11 @@ class VGRPOTrainer(GroupTrainer):
         return per_image * len(batch.generation.prompts)
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
+        surrogate_old = batch.surrogate_old.float().cpu()
         return {
-            "surrogate_cv_within_group": within_group_cv(
-                batch.surrogate_old.float().cpu(), self.config.rollout.group_size
-            )
+            "surrogate_cv_within_group": within_group_cv(surrogate_old, self.config.rollout.group_size),
+            # a steady fall would mean the LoRA is unlearning how to denoise its own samples
+            "surrogate_mean": float(surrogate_old.mean()),
         }
 
     def _surrogate_chunk(
