@@ -166,15 +166,13 @@ class Studio:
     @staticmethod
     def prompt_set(name: str) -> list[str]:
         from studio.bench.speed import heldout_subset
-        from trainer_core.shapes.prompt_sets import load_heldout
 
+        if name not in Studio.prompt_sets():
+            raise ValueError(f"prompt set: unknown {name!r}; allowed: {', '.join(Studio.prompt_sets())}")
         if name == "heldout: 2 per category":
             return [spec.prompt for spec in heldout_subset(2)]
         category = name.removeprefix("heldout: ")
-        specs = [spec for spec in load_heldout() if spec.category == category]
-        if not specs:
-            raise ValueError(f"prompt set: unknown {name!r}; allowed: {', '.join(Studio.prompt_sets())}")
-        return [spec.prompt for spec in specs[:: max(1, len(specs) // 8)][:8]]
+        return [spec.prompt for spec in heldout_subset(8) if spec.category == category]
 
     def compare(
         self, checkpoints: list[str], prompts: list[str], seeds: list[int], heldout_per_category: int = 0
