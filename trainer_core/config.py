@@ -20,6 +20,7 @@ field as `section.field`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from trainer_core.samplers import SOLVERS
 from trainer_core.vgrpo import VGRPOConfig
 
 ALGORITHMS = ("vgrpo", "flow-grpo", "mix-grpo", "naive-elbo")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 class ConfigError(ValueError):
@@ -172,6 +174,9 @@ class OptimizerConfig:
     weight_decay: decoupled weight decay (0.0).
     beta1 / beta2: Adam moments (0.9 / 0.999).
     grad_clip: max global grad norm; 0 disables it (1.0).
+    lr_schedule: the learning rate over the run's iterations: "constant", or "linear" / "cosine" decay
+        from learning_rate to final_lr_fraction * learning_rate at the last iteration (constant; paper constant).
+    final_lr_fraction: where a decaying schedule ends, as a fraction of learning_rate (0.1).
     """
 
     learning_rate: float = 3e-4
@@ -179,6 +184,8 @@ class OptimizerConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 1.0
+    lr_schedule: str = "constant"
+    final_lr_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if not isinstance(self.learning_rate, int | float) or not self.learning_rate > 0:
@@ -189,6 +196,23 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.beta1, beta2: must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.grad_clip < 0:
             raise ConfigError(f"optimizer.grad_clip: must be non-negative, got {self.grad_clip}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"optimizer.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ConfigError(f"optimizer.final_lr_fraction: must be in [0, 1], got {self.final_lr_fraction}")
+
+    def lr_factor(self, iteration: int, iterations: int) -> float:
+        """The learning rate of iteration `iteration` (0-based) of `iterations`, as a fraction of learning_rate."""
+        progress = min(1.0, iteration / max(1, iterations - 1))
+        if self.lr_schedule == "linear":
+            decay = 1.0 - progress
+        elif self.lr_schedule == "cosine":
+            decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            return 1.0
+        return self.final_lr_fraction + (1.0 - self.final_lr_fraction) * decay
 
 
 @dataclass(frozen=True)

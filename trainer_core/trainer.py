@@ -174,6 +174,7 @@ class GroupTrainer(ABC):
         with _timed(times, "old_pass_s", self.cuda_sync):
             batch = self.old_pass(generation, trace, advantages)
         with _timed(times, "train_s", self.cuda_sync):
+            learning_rate = self.set_learning_rate()
             stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
         self.iteration += 1
 
@@ -187,12 +188,21 @@ class GroupTrainer(ABC):
             **self.diagnostics(batch),
             "nfe": self.model_evaluations(batch),
             "advantage_abs_mean": float(advantages.abs().mean()),
+            "learning_rate": learning_rate,
             "iteration_s": time.perf_counter() - started,
             "backward_s": self.backward_s,
             **times,
         }
         metrics["images_per_s"] = len(generation.prompts) / metrics["iteration_s"]
         return metrics
+
+    def set_learning_rate(self) -> float:
+        """Put this iteration's scheduled learning rate into the optimiser; returns it."""
+        opt = self.config.optimizer
+        learning_rate = opt.learning_rate * opt.lr_factor(self.iteration, self.config.iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        return learning_rate
 
     def expand_prompts(self, prompts: list[str]) -> tuple[PromptEmbeddings, list[str], torch.Tensor]:
         """Embeddings and prompts repeated G times, and the rollouts' initial noise."""

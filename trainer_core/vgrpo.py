@@ -163,13 +163,31 @@ def elbo_surrogate(
 # --- 3. Advantages and the objective ------------------------------------------------------------
 
 
+ADVANTAGE_STD_SCOPES = ("group", "batch")
+
+
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, eps: float = 1e-4, soft_clip_eta: float = 0.0
+    rewards: torch.Tensor,
+    group_size: int,
+    eps: float = 1e-4,
+    soft_clip_eta: float = 0.0,
+    std_scope: str = "group",
 ) -> torch.Tensor:
-    """(r - mean_group r) / (std_group r + eps) for rewards [B] in consecutive groups; optional eta * tanh(A / eta)."""
+    """(r - mean_group r) / (std r + eps) for rewards [B] in consecutive groups; optional eta * tanh(A / eta).
+
+    std_scope "group" divides by each group's std (GRPO); "batch" by the std of the centred rewards of
+    the whole batch, so a group whose images barely differ keeps small advantages instead of having
+    its tiny differences blown up to unit scale.
+    """
     grouped = rewards.view(-1, group_size)
-    advantages = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + eps)
-    return soft_clip(advantages.flatten(), soft_clip_eta)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if std_scope == "group":
+        std = grouped.std(1, unbiased=False, keepdim=True)
+    elif std_scope == "batch":
+        std = centred.pow(2).mean().sqrt()
+    else:
+        raise ValueError(f"std_scope: must be one of {', '.join(ADVANTAGE_STD_SCOPES)}, got {std_scope!r}")
+    return soft_clip((centred / (std + eps)).flatten(), soft_clip_eta)
 
 
 def soft_clip(advantages: torch.Tensor, eta: float) -> torch.Tensor:

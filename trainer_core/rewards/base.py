@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from trainer_core.vgrpo import ADVANTAGE_STD_SCOPES, group_advantages
+
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
@@ -39,10 +41,13 @@ class RewardMixConfig:
 
     weights: reward name -> weight; weights must sum to a positive number ({"geneval": 1.0}).
     aggregation: "sum_then_normalize" or "normalize_then_sum" (MixGRPO) (sum_then_normalize).
+    advantage_std: what divides the group-centred rewards: each group's own std ("group", GRPO) or the
+        std of all centred rewards of the iteration ("batch", so near-ties stay small) (group; paper group).
     """
 
     weights: dict[str, float]
     aggregation: str = "sum_then_normalize"
+    advantage_std: str = "group"
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -53,6 +58,10 @@ class RewardMixConfig:
         total = sum(self.weights.values())
         if not total > 0:
             raise ValueError(f"rewards.weights: must sum to a positive number, got {total:g}")
+        if self.advantage_std not in ADVANTAGE_STD_SCOPES:
+            raise ValueError(
+                f"rewards.advantage_std: must be one of {', '.join(ADVANTAGE_STD_SCOPES)}, got {self.advantage_std!r}"
+            )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"rewards.aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
@@ -95,10 +104,10 @@ class RewardMix:
 
     def advantages(self, scores: dict[str, np.ndarray], group_size: int, eps: float = 1e-4) -> torch.Tensor:
         """Group-normalised advantages [B] under the configured aggregation."""
-        from trainer_core.vgrpo import group_advantages
 
         def normalise(values: np.ndarray) -> torch.Tensor:
-            return group_advantages(torch.as_tensor(values, dtype=torch.float32), group_size, eps)
+            values_t = torch.as_tensor(values, dtype=torch.float32)
+            return group_advantages(values_t, group_size, eps, std_scope=self.config.advantage_std)
 
         if self.config.aggregation == "sum_then_normalize":
             advantages = normalise(self.combined(scores))
