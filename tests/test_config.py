@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 import typing
 
 import pytest
@@ -60,6 +61,8 @@ def test_presets_load():
         ({"lora": {"rank": 2.5}}, r"lora\.rank: must be an integer"),
         ({"iterations": 0}, r"iterations: must be at least 1"),
         ({"algorithm": "ppo"}, r"algorithm: must be one of"),
+        ({"optimizer": {"lr_schedule": "step"}}, r"optimizer\.lr_schedule: must be one of constant, linear, cosine"),
+        ({"optimizer": {"final_lr_fraction": 1.5}}, r"optimizer\.final_lr_fraction: must be in \[0, 1\]"),
     ],
 )
 def test_bad_values_name_their_field(data, message):
@@ -104,3 +107,18 @@ def test_dumped_yaml_has_one_section_per_concern():
         "rewards",
         "logging",
     }
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_learning_rate_schedules_start_at_the_rate_and_end_at_the_final_fraction(schedule):
+    opt = OptimizerConfig(learning_rate=1e-3, lr_schedule=schedule, final_lr_fraction=0.1)
+    factors = [opt.lr_factor(i, 11) for i in range(11)]
+    assert factors[0] == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(1.0 if schedule == "constant" else 0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors))  # never rises
+    middle = {"constant": 1.0, "linear": 0.55, "cosine": 0.55}[schedule]
+    assert factors[5] == pytest.approx(middle)
+    # cosine stays higher than linear early on and lower late
+    if schedule == "cosine":
+        linear = OptimizerConfig(lr_schedule="linear", final_lr_fraction=0.1)
+        assert opt.lr_factor(2, 11) > linear.lr_factor(2, 11) and opt.lr_factor(8, 11) < linear.lr_factor(8, 11)

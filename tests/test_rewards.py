@@ -57,6 +57,16 @@ def test_sum_then_normalize_and_normalize_then_sum_differ_as_designed():
     assert summed.combined(scores).tolist() == [1.0, 100.0, 0.0, 101.0]
 
 
+def test_the_mix_passes_its_advantage_std_on():
+    rewards = {"r": Constant("r", [1.0, 0.0, 0.0, 1.0, 0.01, 0.0, 0.0, 0.01])}
+    group = RewardMix(rewards, RewardMixConfig({"r": 1.0}))
+    batch = RewardMix(rewards, RewardMixConfig({"r": 1.0}, advantage_std="batch"))
+    scores = group.score(images(8), [""] * 8)
+    a_group, a_batch = group.advantages(scores, 4), batch.advantages(scores, 4)
+    assert float(a_group[4:].abs().max()) == pytest.approx(1.0, abs=1e-2)
+    assert float(a_batch[4:].abs().max()) < 0.02 < float(a_batch[:4].abs().min())
+
+
 def test_lower_is_better_rewards_are_flipped():
     mix = RewardMix({"loss": Constant("loss", [1.0, 3.0], higher_is_better=False)}, RewardMixConfig({"loss": 1.0}))
     assert mix.score(images(2), ["", ""])["loss"].tolist() == [-1.0, -3.0]
@@ -85,5 +95,7 @@ def test_mix_config_validation():
         RewardMixConfig({"geneval": 0.0})
     with pytest.raises(ValueError, match=r"rewards\.aggregation"):
         RewardMixConfig({"geneval": 1.0}, "product")
+    with pytest.raises(ValueError, match=r"rewards\.advantage_std: must be one of group, batch, got 'global'"):
+        RewardMixConfig({"geneval": 1.0}, advantage_std="global")
     with pytest.raises(ValueError, match="unknown reward 'aesthetic'"):
         RewardMix(builtin_rewards(), RewardMixConfig({"aesthetic": 1.0}))

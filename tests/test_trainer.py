@@ -9,7 +9,7 @@ import torch
 from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.adapters import load_adapter
-from trainer_core.config import RolloutConfig
+from trainer_core.config import OptimizerConfig, RolloutConfig
 from trainer_core.rewards.base import RewardMix
 from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.shapes.grammar import CATEGORIES, parse_prompt
@@ -77,6 +77,17 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_p
     a, b = RunDirectory(straight).read_metrics(), RunDirectory(split).read_metrics()
     for key in ("reward_mean", "loss", "grad_norm"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4), key
+
+
+def test_the_scheduled_learning_rate_reaches_the_optimizer(tiny_model, tiny_config, tmp_path):
+    config = tiny_config(iterations=3, optimizer=OptimizerConfig(learning_rate=1e-3, lr_schedule="linear"))
+    adapter = load_adapter(tiny_model, "cpu")
+    trainer = VGRPOTrainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
+    rates = []
+    for _ in range(3):
+        rates.append(trainer.step()["learning_rate"])
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(rates[-1])
+    assert rates == pytest.approx([1e-3, 5.5e-4, 1e-4])
 
 
 def test_existing_run_is_not_overwritten(tiny_model, tiny_config, tmp_path):
