@@ -22,6 +22,7 @@ from studio.export import export_checkpoint
 from studio.jobs import JobError, JobService, JobView, validate_config
 from trainer_core.config import (
     ALGORITHMS,
+    LR_SCHEDULES,
     ConfigError,
     TrainConfig,
     field_docs,
@@ -74,6 +75,10 @@ class Studio:
     @staticmethod
     def solvers() -> list[str]:
         return list(SOLVERS)
+
+    @staticmethod
+    def lr_schedules() -> list[str]:
+        return list(LR_SCHEDULES)
 
     @staticmethod
     def export_formats() -> list[str]:

@@ -146,8 +146,30 @@ def test_penalty_anchor_and_its_cost(tiny_model, tiny_config, anchor):
     else:
         assert second["kl"] == pytest.approx(0.0, abs=1e-12)  # one step per iteration: theta = theta_old
     images = 2 * 4
-    expected = images * (3 + 2 + 3 * 2 + (2 if anchor == "reference" else 0))  # euler 3 + s_old + fwd/bwd
+    expected = images * (3 + 3 * 2 + (2 if anchor == "reference" else 0))  # euler 3 + fwd/bwd (s_old from it)
     assert first["nfe"] == expected
+
+
+@pytest.mark.parametrize(("beta", "anchor"), [(0.0, "old"), (1.0, "old"), (1.0, "reference")])
+def test_the_first_step_as_old_pass_changes_nothing_but_the_cost(tiny_model, tiny_config, beta, anchor):
+    """s_old from the first gradient step's forward equals a separate pass at theta_old: same LoRA after
+    two iterations, same surrogates, N_MC fewer forward passes per image."""
+    runs = {}
+    for reuse in (False, True):
+        vgrpo = VGRPOConfig(n_mc=2, gradient_steps=2, beta=beta, penalty_to=anchor, reuse_first_step=reuse)
+        config = tiny_config(vgrpo=vgrpo)
+        adapter = load_adapter(tiny_model, "cpu")
+        trainer = VGRPOTrainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
+        metrics = [trainer.step(), trainer.step()]
+        lora = {k: v.detach().clone() for k, v in adapter.denoiser.named_parameters() if "lora_" in k}
+        runs[reuse] = metrics, lora
+    (separate, lora_separate), (reused, lora_reused) = runs[False], runs[True]
+    for key in ("surrogate_mean", "loss", "ratio_mean", "kl", "reward_mean"):
+        assert reused[1][key] == pytest.approx(separate[1][key], rel=1e-4, abs=1e-7), key
+    assert all(torch.allclose(lora_reused[k], lora_separate[k], atol=1e-6) for k in lora_separate)
+    assert any(bool(v.abs().max() > 0) for k, v in lora_reused.items() if "lora_B" in k)  # the LoRA did move
+    images = 2 * 4
+    assert separate[0]["nfe"] - reused[0]["nfe"] == images * 2
 
 
 def test_balanced_prompts_cover_every_category_once_per_deck():

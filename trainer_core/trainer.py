@@ -10,8 +10,9 @@ One iteration, for every algorithm:
 
 V-GRPO (`VGRPOTrainer`): rollouts with a deterministic ODE solver; the old pass draws one set of
 (t, eps) per group, stratified over the shifted grid, and computes s_old (and the penalty's
-anchor x_hat when beta > 0); the loss is the clipped objective on one surrogate ratio per image. The MDP baselines
-live in `trainer_core.mdp_trainer`.
+anchor x_hat when beta > 0), or leaves s_old to the first gradient step's forward pass, which runs
+at theta_old on the same pairs; the loss is the clipped objective on one surrogate ratio per image.
+The MDP baselines live in `trainer_core.mdp_trainer`.
 
 Trainers hold no files: the caller saves LoRA weights and `state_dict()`.
 """
@@ -56,7 +57,8 @@ class SurrogateBatch:
     advantages: torch.Tensor  # [B]
     t: torch.Tensor  # [B, N_MC]
     eps: torch.Tensor  # [B, N_MC, C, H, W]
-    surrogate_old: torch.Tensor  # [B]
+    # [B]; None until the first gradient step fills it in when that step's forward pass serves as the old pass
+    surrogate_old: torch.Tensor | None
     x_hat_anchor: torch.Tensor | None  # [B, N_MC, C, H, W] at theta_old or the reference, only when beta > 0
 
 
@@ -310,25 +312,31 @@ class VGRPOTrainer(GroupTrainer):
             self.generator,
         )
         t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
-        surrogate_old, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
+        surrogate_old, x_hat_anchor = None, None
+        if not self.reuses_first_step:
+            surrogate_old, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
         if self.vgrpo.beta > 0 and self.vgrpo.penalty_to == "reference":
             with self.adapter.lora_disabled():
                 _, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
         return SurrogateBatch(generation, advantages, t, eps, surrogate_old, x_hat_anchor)
 
+    @property
+    def reuses_first_step(self) -> bool:
+        """Whether s_old comes from the first gradient step (its forward must then be deterministic)."""
+        return self.vgrpo.reuse_first_step and self.config.lora.dropout == 0
+
     def model_evaluations(self, batch: SurrogateBatch) -> int:
         cfg, rollout = self.vgrpo, self.config.rollout
         guidance = 2 if rollout.guidance_scale != 1.0 else 1
+        old = 0 if self.reuses_first_step else cfg.n_mc
         reference = cfg.n_mc if cfg.beta > 0 and cfg.penalty_to == "reference" else 0
         per_image = (
-            guidance * SOLVER_NFE[rollout.solver](rollout.steps)
-            + cfg.n_mc
-            + reference
-            + 3 * cfg.gradient_steps * cfg.n_mc
+            guidance * SOLVER_NFE[rollout.solver](rollout.steps) + old + reference + 3 * cfg.gradient_steps * cfg.n_mc
         )
         return per_image * len(batch.generation.prompts)
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
+        assert batch.surrogate_old is not None, "diagnostics run after the gradient steps"
         surrogate_old = batch.surrogate_old.float().cpu()
         return {
             "surrogate_cv_within_group": within_group_cv(surrogate_old, self.config.rollout.group_size),
@@ -365,24 +373,37 @@ class VGRPOTrainer(GroupTrainer):
         return torch.cat(surrogates), (torch.cat(x_hats) if keep_x_hat else None)
 
     def gradient_step(self, batch: SurrogateBatch) -> dict[str, float]:
-        """One AdamW step on the clipped objective, accumulated over chunks of the batch."""
+        """One AdamW step on the clipped objective, accumulated over chunks of the batch.
+
+        When s_old is still missing this is the first step, at theta_old: its surrogates, detached,
+        are s_old (and its x_hat the penalty's anchor when that is theta_old).
+        """
         cfg = self.vgrpo
         self.adapter.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         generation = batch.generation
         n = generation.latents.shape[0]
+        fill_old = batch.surrogate_old is None
+        anchor_old = fill_old and cfg.beta > 0 and cfg.penalty_to == "old"
+        olds: list[torch.Tensor] = []
+        anchors: list[torch.Tensor] = []
         totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
         for part in self.batch_slices(n, cfg.n_mc):
             s, x_hat = self._surrogate_chunk(
                 generation.latents[part], generation.embeddings[part], batch.t[part], batch.eps[part]
             )
+            if fill_old:
+                olds.append(s.detach())
+            if anchor_old:
+                anchors.append(x_hat.detach())
+            anchor = anchors[-1] if anchor_old else None if batch.x_hat_anchor is None else batch.x_hat_anchor[part]
             terms = vgrpo_loss(
                 s,
-                batch.surrogate_old[part],
+                olds[-1] if fill_old else batch.surrogate_old[part],  # type: ignore[index]
                 batch.advantages[part],
                 cfg.clip_epsilon,
-                x_hat if batch.x_hat_anchor is not None else None,
-                None if batch.x_hat_anchor is None else batch.x_hat_anchor[part],
+                x_hat if anchor is not None else None,
+                anchor,
                 cfg.beta,
             )
             weight = s.shape[0] / n
@@ -391,6 +412,10 @@ class VGRPOTrainer(GroupTrainer):
             totals["ratio_mean"] += terms.ratio_mean * weight
             totals["clip_fraction"] += terms.clip_fraction * weight
             totals["kl"] += terms.kl * weight
+        if fill_old:
+            batch.surrogate_old = torch.cat(olds)
+        if anchor_old:
+            batch.x_hat_anchor = torch.cat(anchors)
         grad_norm = self.optimizer_step()
         self.adapter.denoiser.eval()
         return {**totals, "grad_norm": grad_norm}

@@ -45,6 +45,10 @@ class VGRPOConfig:
         (old; paper old).
     gradient_steps: mu, optimiser steps per iteration on the same rollouts (2; paper: several).
     advantage_eps: added to the group std of rewards (1e-4; paper 1e-4).
+    reuse_first_step: take s_old (and the theta_old anchor of the penalty) from the first gradient
+        step's forward pass, which runs at theta_old on the same pairs, instead of a separate no-grad
+        pass before it: the same numbers for N_MC fewer forward passes per image. A LoRA with dropout
+        always gets the separate pass (True; paper: a separate pass at rollout time).
     """
 
     n_mc: int = 4
@@ -60,6 +64,7 @@ class VGRPOConfig:
     penalty_to: str = "old"
     gradient_steps: int = 2
     advantage_eps: float = 1e-4
+    reuse_first_step: bool = True
 
     def __post_init__(self) -> None:
         if self.n_mc < 1:

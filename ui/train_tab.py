@@ -27,6 +27,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "vgrpo.beta": ("Penalty beta", "number"),
     "vgrpo.penalty_to": ("Penalty anchor", "choice"),
     "optimizer.learning_rate": ("Learning rate", "number"),
+    "optimizer.lr_schedule": ("Learning-rate schedule", "choice"),
     "lora.rank": ("LoRA rank", "int"),
     "lora.alpha": ("LoRA alpha", "number"),
 }
@@ -115,6 +116,7 @@ def build(studio: Studio) -> TrainForm:
         "algorithm": studio.algorithms(),
         "rollout.solver": studio.solvers(),
         "vgrpo.penalty_to": ["old", "reference"],
+        "optimizer.lr_schedule": studio.lr_schedules(),
     }
     with gr.Row():
         preset = gr.Dropdown(studio.presets(), value=DEFAULT_PRESET, label="Preset", scale=3)
