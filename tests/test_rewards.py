@@ -58,13 +58,13 @@ def test_sum_then_normalize_and_normalize_then_sum_differ_as_designed():
 
 
 def test_the_mix_passes_its_advantage_std_on():
-    rewards = {"r": Constant("r", [1.0, 0.0, 0.0, 1.0, 0.01, 0.0, 0.0, 0.01])}
+    rewards = {"r": Constant("r", [1.0, 0.0, 0.0, 1.0, 0.1, 0.0, 0.0, 0.1])}
     group = RewardMix(rewards, RewardMixConfig({"r": 1.0}))
     batch = RewardMix(rewards, RewardMixConfig({"r": 1.0}, advantage_std="batch"))
     scores = group.score(images(8), [""] * 8)
     a_group, a_batch = group.advantages(scores, 4), batch.advantages(scores, 4)
     assert float(a_group[4:].abs().max()) == pytest.approx(1.0, abs=1e-2)
-    assert float(a_batch[4:].abs().max()) < 0.02 < float(a_batch[:4].abs().min())
+    assert float(a_batch[4:].abs().max()) < 0.2 < float(a_batch[:4].abs().min())
 
 
 def test_lower_is_better_rewards_are_flipped():
