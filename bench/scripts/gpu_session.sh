@@ -11,6 +11,12 @@ nvidia-smi -L
 python3 -c "import torch, diffusers, transformers, peft; print(torch.__version__, diffusers.__version__, transformers.__version__, peft.__version__)"
 timeout 45 python3 -m studio.cli bench sampling --device cuda --out "$OUT/sampling_gpu.json"
 timeout 75 python3 -m studio.cli bench throughput --preset shapes-geneval --device cuda --iterations 5 --out "$OUT/throughput_gpu.json"
+# the same iteration with one model call per pass (the UNet is launch-bound on a GPU)
+python3 -c "import dataclasses as d; from trainer_core.config import load_preset, dump_config; \
+c = load_preset('shapes-geneval'); print(dump_config(d.replace(c, rollout=d.replace(c.rollout, batch_size=512))))" \
+  > /tmp/geneval-batch512.yaml
+timeout 75 python3 -m studio.cli bench throughput --config /tmp/geneval-batch512.yaml --device cuda --iterations 5 \
+  --out "$OUT/throughput_gpu_batch512.json"
 timeout 200 python3 -m studio.cli bench speed --budget-minutes "$speed_budget" --seeds 1 --marks 5 --device cuda --out /tmp/speed
 cp /tmp/speed/* "$OUT/" 2>/dev/null
 timeout "$sweep_timeout" python3 bench/scripts/sweep.py --grid bench/sweeps/geneval-gpu.yaml --out /tmp/sweep \
