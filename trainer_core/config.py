@@ -175,7 +175,8 @@ class OptimizerConfig:
     beta1 / beta2: Adam moments (0.9 / 0.999).
     grad_clip: max global grad norm; 0 disables it (1.0).
     lr_schedule: the learning rate over the run's iterations: "constant", or "linear" / "cosine" decay
-        from learning_rate to final_lr_fraction * learning_rate at the last iteration (constant; paper constant).
+        from learning_rate to final_lr_fraction * learning_rate at the last iteration; a resume that
+        raises `iterations` stretches what is left of it (constant; paper constant).
     final_lr_fraction: where a decaying schedule ends, as a fraction of learning_rate (0.1).
     """
 
