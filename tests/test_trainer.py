@@ -79,7 +79,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_p
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-4), key
 
 
-def test_the_scheduled_learning_rate_reaches_the_optimizer(tiny_model, tiny_config, tmp_path):
+def test_the_scheduled_learning_rate_reaches_the_optimizer(tiny_model, tiny_config):
     config = tiny_config(iterations=3, optimizer=OptimizerConfig(learning_rate=1e-3, lr_schedule="linear"))
     adapter = load_adapter(tiny_model, "cpu")
     trainer = VGRPOTrainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)

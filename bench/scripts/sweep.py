@@ -13,8 +13,9 @@ section by section:
     python bench/scripts/sweep.py --grid GRID.yaml --out DIR [--parallel 12] [--deadline-minutes 6]
 
 Each variant trains in its own process (`DIR/NAME/` is an ordinary run directory) until its
-iterations are done or the deadline passes, then evaluates every checkpoint on the held-out set;
-`DIR/sweep.json` collects held-out accuracy per checkpoint and the table is printed.
+iterations are done or the deadline passes, evaluating each checkpoint on the held-out set as it is
+written (the deadline's stop writes one too); `DIR/sweep.json` collects held-out accuracy per
+checkpoint and the table is printed.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--parallel", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    parser.add_argument("--deadline-minutes", type=float, default=6.0, help="training stops then; eval follows")
+    parser.add_argument(
+        "--deadline-minutes", type=float, default=6.0, help="training stops then (last checkpoint evaluated)"
+    )
     parser.add_argument("--seeds", type=int, default=2, help="held-out seeds per prompt")
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default all)")
     args = parser.parse_args()
