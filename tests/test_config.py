@@ -63,6 +63,10 @@ def test_presets_load():
         ({"algorithm": "ppo"}, r"algorithm: must be one of"),
         ({"optimizer": {"lr_schedule": "step"}}, r"optimizer\.lr_schedule: must be one of constant, linear, cosine"),
         ({"optimizer": {"final_lr_fraction": 1.5}}, r"optimizer\.final_lr_fraction: must be in \[0, 1\]"),
+        (
+            {"rollout": {"prompts_per_iteration": 8, "candidate_prompts": 6}},
+            r"rollout\.candidate_prompts: must be 0 \(no selection\) or at least prompts_per_iteration \(8\), got 6",
+        ),
     ],
 )
 def test_bad_values_name_their_field(data, message):

@@ -99,3 +99,15 @@ def test_mix_config_validation():
         RewardMixConfig({"geneval": 1.0}, advantage_std="global")
     with pytest.raises(ValueError, match="unknown reward 'aesthetic'"):
         RewardMix(builtin_rewards(), RewardMixConfig({"aesthetic": 1.0}))
+
+
+def test_group_spread_measures_what_each_aggregation_normalises():
+    a = Constant("a", [0.0, 0.0, 1.0, 3.0, 2.0, 2.0, 2.0, 2.0])
+    b = Constant("b", [1.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0, 5.0])
+    summed = RewardMix({"a": a, "b": b}, RewardMixConfig({"a": 1.0, "b": 2.0}))
+    mixed = RewardMix({"a": a, "b": b}, RewardMixConfig({"a": 1.0, "b": 2.0}, "normalize_then_sum"))
+    scores = summed.score(images(8), [""] * 8)
+    # combined = a + 2b: [2, 0, 1, 3] then a tie at 12
+    assert summed.group_spread(scores, 4).tolist() == pytest.approx([np.std([2, 0, 1, 3]), 0.0])
+    expected = np.std([0, 0, 1, 3]) + 2 * np.std([1, 0, 0, 0])
+    assert mixed.group_spread(scores, 4).tolist() == pytest.approx([expected, 0.0])

@@ -9,8 +9,9 @@ import torch
 from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.adapters import load_adapter
-from trainer_core.config import OptimizerConfig, RolloutConfig
-from trainer_core.rewards.base import RewardMix
+from trainer_core.algorithms import make_trainer
+from trainer_core.config import FlowGRPOConfig, OptimizerConfig, RolloutConfig
+from trainer_core.rewards.base import Reward, RewardMix, RewardMixConfig
 from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.shapes.grammar import CATEGORIES, parse_prompt
 from trainer_core.trainer import PromptSource, VGRPOTrainer
@@ -184,3 +185,58 @@ def test_balanced_prompts_cover_every_category_once_per_deck():
 def test_unknown_prompt_source_names_the_field_and_choices(tmp_path):
     with pytest.raises(ValueError, match=r"rollout\.prompts: .*train-balanced"):
         PromptSource(str(tmp_path / "missing.txt"), seed=0)
+
+
+class _SpreadByPrompt(Reward):
+    """Circles score the image's mean brightness (it varies within a group); every other prompt ties at 0."""
+
+    name = "circles_vary"
+
+    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        brightness = images.reshape(len(images), -1).mean(axis=1) / 255
+        return np.array([b if "circle" in p else 0.0 for b, p in zip(brightness, prompts, strict=True)])
+
+
+@pytest.mark.parametrize("algorithm", ["vgrpo", "flow-grpo"])
+def test_candidate_prompts_train_only_the_groups_whose_rewards_differ(tiny_model, tiny_config, tmp_path, algorithm):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\ntwo green triangles\n")
+    rollout = RolloutConfig(
+        prompts_per_iteration=2, candidate_prompts=6, group_size=4, steps=3, solver="euler", prompts=str(prompts)
+    )
+    config = tiny_config(algorithm=algorithm, rollout=rollout, flow_grpo=FlowGRPOConfig(beta=0.0))
+    adapter = load_adapter(tiny_model, "cpu")
+    mix = RewardMix({"circles_vary": _SpreadByPrompt()}, RewardMixConfig({"circles_vary": 1.0}))
+    trainer = make_trainer(adapter, mix, config)
+    rolled_out, trained = [], []
+    generate, old_pass = trainer.generate, trainer.old_pass
+    trainer.generate = lambda p: rolled_out.append(p) or generate(p)  # type: ignore[method-assign]
+    trainer.old_pass = lambda g, tr, a: trained.append((g, tr)) or old_pass(g, tr, a)  # type: ignore[method-assign]
+    for _ in range(3):
+        metrics = trainer.step()
+        drawn = rolled_out[-1]
+        generation, trace = trained[-1]
+        circles = [i for i, p in enumerate(drawn) if "circle" in p]
+        assert len(drawn) == 6 and len(generation.prompts) == 2 * 4
+        if len(circles) >= 2:
+            assert all("circle" in p for p in generation.prompts)
+        else:  # the circles, then the earliest tied groups, in rollout order
+            tied = [i for i in range(6) if i not in circles]
+            assert generation.prompts[::4] == [drawn[i] for i in sorted(circles + tied[: 2 - len(circles)])]
+        assert metrics["tied_groups"] == pytest.approx((6 - len(circles)) / 6)
+        assert generation.latents.shape[0] == generation.images.shape[0] == len(generation.embeddings) == 8
+        if algorithm == "flow-grpo":
+            assert trace.states.shape[1] == 8
+            assert torch.equal(trace.states[-1].to(generation.latents.dtype), generation.latents)
+    # rollout NFE counts all 24 images, training NFE only the 8 kept
+    per_image_training = 3 * 2 * 2 if algorithm == "vgrpo" else 3 * 1 * 3
+    assert metrics["nfe"] == 24 * 3 + 8 * per_image_training
+    assert metrics["images_per_s"] == pytest.approx(24 / metrics["iteration_s"])
+
+
+def test_informative_images_are_whole_groups_of_the_largest_spread_in_rollout_order(tiny_model, tiny_config):
+    config = tiny_config(rollout=RolloutConfig(prompts_per_iteration=2, candidate_prompts=6, group_size=4, steps=3))
+    trainer = VGRPOTrainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
+    assert trainer.informative_images(np.array([0.0, 0.5, 0.0, 0.2, 0.5, 0.0])).tolist() == [4, 5, 6, 7, 16, 17, 18, 19]
+    # ties go to the earlier group
+    assert trainer.informative_images(np.array([0.0, 0.0, 0.1, 0.0, 0.0, 0.0])).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]

@@ -81,6 +81,10 @@ class RolloutConfig:
         same, categories dealt in shuffled decks so each iteration covers them evenly) or a path to a
         prompts file (train).
     batch_size: images per model call, to bound memory (64).
+    candidate_prompts: prompt groups rolled out per iteration before selection; when larger than
+        prompts_per_iteration, only the prompts_per_iteration groups whose rewards spread the most
+        train, so compute goes to prompts that still teach something (DAPO's dynamic sampling drops
+        groups whose rewards all tie); 0 rolls out exactly prompts_per_iteration (0; paper none).
     """
 
     prompts_per_iteration: int = 8
@@ -90,11 +94,17 @@ class RolloutConfig:
     guidance_scale: float = 1.0
     prompts: str = "train"
     batch_size: int = 64
+    candidate_prompts: int = 0
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_iteration", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"rollout.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.candidate_prompts != 0 and self.candidate_prompts < self.prompts_per_iteration:
+            raise ConfigError(
+                "rollout.candidate_prompts: must be 0 (no selection) or at least prompts_per_iteration "
+                f"({self.prompts_per_iteration}), got {self.candidate_prompts}"
+            )
         if self.group_size < 2:
             raise ConfigError(
                 f"rollout.group_size: must be at least 2 (advantages compare images), got {self.group_size}"
@@ -103,6 +113,11 @@ class RolloutConfig:
             raise ConfigError(f"rollout.solver: must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.guidance_scale < 1:
             raise ConfigError(f"rollout.guidance_scale: must be >= 1, got {self.guidance_scale}")
+
+    @property
+    def prompts_rolled_out(self) -> int:
+        """Prompt groups generated per iteration (candidates included)."""
+        return max(self.candidate_prompts, self.prompts_per_iteration)
 
 
 @dataclass(frozen=True)

@@ -174,11 +174,21 @@ class FlowGRPOTrainer(GroupTrainer):
         self.adapter.denoiser.eval()
         return {**totals, "grad_norm": grad_norm}
 
-    def model_evaluations(self, batch: StepBatch) -> int:
-        guidance = 2 if self.config.rollout.guidance_scale != 1.0 else 1  # every pass is guided
+    def select_trace(self, trace: Trajectory, images: torch.Tensor) -> Trajectory:
+        index = images.to(trace.states.device)
+        return Trajectory(trace.states[:, index], trace.log_probs_old[:, index], trace.window, trace.trained_steps)
+
+    @property
+    def guidance_passes(self) -> int:
+        return 2 if self.config.rollout.guidance_scale != 1.0 else 1  # every pass is guided
+
+    def rollout_evaluations(self) -> int:
+        return self.guidance_passes * self.config.rollout.steps
+
+    def training_evaluations(self, batch: StepBatch) -> int:
         trained = len(batch.trajectory.trained_steps)
         reference = trained if batch.mean_ref else 0
-        per_image = guidance * (self.config.rollout.steps + reference + 3 * self.flow.gradient_steps * trained)
+        per_image = self.guidance_passes * (reference + 3 * self.flow.gradient_steps * trained)
         return per_image * len(batch.generation.prompts)
 
     def diagnostics(self, batch: StepBatch) -> dict[str, float]:

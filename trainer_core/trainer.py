@@ -48,6 +48,15 @@ class Generation:
     images: np.ndarray  # uint8 [B, H, W, 3]
     embeddings: PromptEmbeddings
 
+    def select(self, images: torch.Tensor) -> Generation:
+        """The images at these indices (whole groups, in order), with their prompts and embeddings."""
+        return Generation(
+            [self.prompts[i] for i in images.tolist()],
+            self.latents[images.to(self.latents.device)],
+            self.images[images.numpy()],
+            self.embeddings[images.to(self.embeddings.states.device)],
+        )
+
 
 @dataclass
 class SurrogateBatch:
@@ -60,6 +69,10 @@ class SurrogateBatch:
     # [B]; None until the first gradient step fills it in when that step's forward pass serves as the old pass
     surrogate_old: torch.Tensor | None
     x_hat_anchor: torch.Tensor | None  # [B, N_MC, C, H, W] at theta_old or the reference, only when beta > 0
+
+
+#: a group whose reward spread is below this counts as tied (every image scored the same)
+TIE_SPREAD = 1e-6
 
 
 class PromptSource:
@@ -152,8 +165,16 @@ class GroupTrainer(ABC):
         """One optimiser step; returns loss, ratio_mean, clip_fraction, kl and grad_norm."""
 
     @abstractmethod
-    def model_evaluations(self, batch: Any) -> int:
-        """NFE of the whole iteration over all images, a backward pass counting as two forwards."""
+    def select_trace(self, trace: Any, images: torch.Tensor) -> Any:
+        """The part of `generate`'s trace that belongs to these images (rollout.candidate_prompts)."""
+
+    @abstractmethod
+    def rollout_evaluations(self) -> int:
+        """NFE of generating one image."""
+
+    @abstractmethod
+    def training_evaluations(self, batch: Any) -> int:
+        """NFE after the rollout over the batch's images, a backward pass counting as two forwards."""
 
     def diagnostics(self, batch: Any) -> dict[str, float]:
         """Algorithm-specific metrics of the iteration."""
@@ -167,11 +188,19 @@ class GroupTrainer(ABC):
         times: dict[str, float] = {}
         self.backward_s = 0.0
         started = time.perf_counter()
+        group_size = cfg.rollout.group_size
         with _timed(times, "rollout_s", self.cuda_sync):
-            generation, trace = self.generate(self.prompts.draw(cfg.rollout.prompts_per_iteration))
+            generation, trace = self.generate(self.prompts.draw(cfg.rollout.prompts_rolled_out))
+        rolled_out = len(generation.prompts)
         with _timed(times, "reward_s", self.cuda_sync):
             scores = self.rewards.score(generation.images, generation.prompts)
-            advantages = self.rewards.advantages(scores, cfg.rollout.group_size, self.advantage_eps)
+            spread = self.rewards.group_spread(scores, group_size)
+            rolled_out_scores = scores
+            if cfg.rollout.prompts_rolled_out > cfg.rollout.prompts_per_iteration:
+                images = self.informative_images(spread)
+                generation, trace = generation.select(images), self.select_trace(trace, images)
+                scores = {name: values[images.numpy()] for name, values in scores.items()}
+            advantages = self.rewards.advantages(scores, group_size, self.advantage_eps)
             advantages = self.shape_advantages(advantages).to(self.adapter.device)
         with _timed(times, "old_pass_s", self.cuda_sync):
             batch = self.old_pass(generation, trace, advantages)
@@ -180,23 +209,33 @@ class GroupTrainer(ABC):
             stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
         self.iteration += 1
 
-        combined = self.rewards.combined(scores)
+        # rewards over everything rolled out: the policy's quality, whatever the selection kept
+        combined = self.rewards.combined(rolled_out_scores)
         metrics = {
             "iteration": self.iteration,
             "reward_mean": float(combined.mean()),
             "reward_std": float(combined.std()),
-            **{f"reward_{name}": float(values.mean()) for name, values in scores.items()},
+            **{f"reward_{name}": float(values.mean()) for name, values in rolled_out_scores.items()},
+            "tied_groups": float((spread < TIE_SPREAD).mean()),
             **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},
             **self.diagnostics(batch),
-            "nfe": self.model_evaluations(batch),
+            "nfe": self.rollout_evaluations() * rolled_out + self.training_evaluations(batch),
             "advantage_abs_mean": float(advantages.abs().mean()),
             "learning_rate": learning_rate,
             "iteration_s": time.perf_counter() - started,
             "backward_s": self.backward_s,
             **times,
         }
-        metrics["images_per_s"] = len(generation.prompts) / metrics["iteration_s"]
+        metrics["images_per_s"] = rolled_out / metrics["iteration_s"]
         return metrics
+
+    def informative_images(self, spread: np.ndarray) -> torch.Tensor:
+        """Image indices of the prompts_per_iteration groups with the largest reward spread, in
+        rollout order; ties go to the earlier group, so the choice is deterministic."""
+        group_size = self.config.rollout.group_size
+        ranked = np.argsort(-spread, kind="stable")[: self.config.rollout.prompts_per_iteration]
+        groups = torch.as_tensor(np.sort(ranked))
+        return (groups[:, None] * group_size + torch.arange(group_size)).flatten()
 
     def set_learning_rate(self) -> float:
         """Put this iteration's scheduled learning rate into the optimiser; returns it."""
@@ -325,15 +364,19 @@ class VGRPOTrainer(GroupTrainer):
         """Whether s_old comes from the first gradient step (its forward must then be deterministic)."""
         return self.vgrpo.reuse_first_step and self.config.lora.dropout == 0
 
-    def model_evaluations(self, batch: SurrogateBatch) -> int:
-        cfg, rollout = self.vgrpo, self.config.rollout
+    def select_trace(self, trace: None, images: torch.Tensor) -> None:
+        return None  # deterministic rollouts leave nothing beyond the final latents
+
+    def rollout_evaluations(self) -> int:
+        rollout = self.config.rollout
         guidance = 2 if rollout.guidance_scale != 1.0 else 1
+        return guidance * SOLVER_NFE[rollout.solver](rollout.steps)
+
+    def training_evaluations(self, batch: SurrogateBatch) -> int:
+        cfg = self.vgrpo
         old = 0 if self.reuses_first_step else cfg.n_mc
         reference = cfg.n_mc if cfg.beta > 0 and cfg.penalty_to == "reference" else 0
-        per_image = (
-            guidance * SOLVER_NFE[rollout.solver](rollout.steps) + old + reference + 3 * cfg.gradient_steps * cfg.n_mc
-        )
-        return per_image * len(batch.generation.prompts)
+        return (old + reference + 3 * cfg.gradient_steps * cfg.n_mc) * len(batch.generation.prompts)
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
         assert batch.surrogate_old is not None, "diagnostics run after the gradient steps"

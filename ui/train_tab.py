@@ -18,6 +18,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "algorithm": ("Algorithm", "choice"),
     "iterations": ("Iterations", "int"),
     "rollout.prompts_per_iteration": ("Prompts per iteration", "int"),
+    "rollout.candidate_prompts": ("Candidate prompts (0: no selection)", "int"),
     "rollout.group_size": ("Images per prompt (group size)", "int"),
     "rollout.steps": ("Sampler steps", "int"),
     "rollout.solver": ("Sampler", "choice"),

@@ -31,6 +31,8 @@ VARIANTS: dict[str, dict[str, object]] = {
     "no adaptive weighting": {"adaptive_weighting": False},
     "v-parameterisation": {"parameterisation": "v"},
     "eps-parameterisation": {"parameterisation": "eps"},
+    # with one gradient step (the preset) every ratio is 1 and the clip never acts; two steps let it
+    "ratio clip (2 steps)": {"clip_epsilon": 0.01, "gradient_steps": 2},
     "soft clip (on-policy)": {"clip_epsilon": 0.0, "soft_clip_eta": 3.0, "gradient_steps": 1},
     "penalty (beta 0.3)": {"clip_epsilon": 0.0, "beta": 0.3},
 }

@@ -119,7 +119,7 @@ def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, 
                     "backward_s": metrics["backward_s"],
                     "model_s": model_s,
                     "outside_model_share": 1 - model_s / total_s,
-                    "images_per_s": config.rollout.prompts_per_iteration * config.rollout.group_size / total_s,
+                    "images_per_s": config.rollout.prompts_rolled_out * config.rollout.group_size / total_s,
                 }
             )
     timer.remove()
@@ -128,7 +128,7 @@ def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, 
         "benchmark": "throughput",
         "device": device_name(str(adapter.device)),
         "algorithm": config.algorithm,
-        "images_per_iteration": config.rollout.prompts_per_iteration * config.rollout.group_size,
+        "images_per_iteration": config.rollout.prompts_rolled_out * config.rollout.group_size,
         "iterations_timed": iterations,
         "mean": {k: round(v, 4) for k, v in mean.items()},
         "per_iteration": [{k: round(v, 4) for k, v in r.items()} for r in rows],

@@ -114,3 +114,15 @@ class RewardMix:
         else:
             advantages = sum(self.config.weights[n] * normalise(scores[n]) for n in self.rewards)  # type: ignore[assignment]
         return advantages
+
+    def group_spread(self, scores: dict[str, np.ndarray], group_size: int) -> np.ndarray:
+        """How much each group's rewards differ [groups]: the std of the combined reward, or under
+        normalize_then_sum the weighted sum of each reward's std. Zero means every image ties, so
+        the group's advantages carry nothing but noise."""
+
+        def stds(values: np.ndarray) -> np.ndarray:
+            return values.reshape(-1, group_size).std(axis=1)
+
+        if self.config.aggregation == "sum_then_normalize":
+            return stds(self.combined(scores))
+        return sum(abs(self.config.weights[n]) * stds(scores[n]) for n in self.rewards)  # type: ignore[return-value]
