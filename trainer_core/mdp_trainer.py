@@ -178,10 +178,6 @@ class FlowGRPOTrainer(GroupTrainer):
         index = images.to(trace.states.device)
         return Trajectory(trace.states[:, index], trace.log_probs_old[:, index], trace.window, trace.trained_steps)
 
-    @property
-    def guidance_passes(self) -> int:
-        return 2 if self.config.rollout.guidance_scale != 1.0 else 1  # every pass is guided
-
     def rollout_evaluations(self) -> int:
         return self.guidance_passes * self.config.rollout.steps
 

@@ -259,6 +259,11 @@ class GroupTrainer(ABC):
         return [slice(start, start + per_chunk) for start in range(0, n, per_chunk)]
 
     @property
+    def guidance_passes(self) -> int:
+        """Model calls per denoiser evaluation: 2 under classifier-free guidance (conditional + empty prompt)."""
+        return 2 if self.config.rollout.guidance_scale != 1.0 else 1
+
+    @property
     def cuda_sync(self) -> bool:
         return self.synchronize and self.adapter.device.type == "cuda"
 
@@ -369,8 +374,7 @@ class VGRPOTrainer(GroupTrainer):
 
     def rollout_evaluations(self) -> int:
         rollout = self.config.rollout
-        guidance = 2 if rollout.guidance_scale != 1.0 else 1
-        return guidance * SOLVER_NFE[rollout.solver](rollout.steps)
+        return self.guidance_passes * SOLVER_NFE[rollout.solver](rollout.steps)
 
     def training_evaluations(self, batch: SurrogateBatch) -> int:
         cfg = self.vgrpo
