@@ -110,7 +110,8 @@ def run_training(
             metrics = trainer.step()
             metrics["wall_time_s"] = wall_offset + time.monotonic() - started
             run.append_metrics(metrics)
-            if config.logging.sample_every and iteration % config.logging.sample_every == 0:
+            last = iteration == config.iterations
+            if config.logging.sample_every and (iteration % config.logging.sample_every == 0 or last):
                 save_sample_grid(trainer, config, run.sample_path(iteration))
                 if on_samples:
                     on_samples(iteration, run.sample_path(iteration))

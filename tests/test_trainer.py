@@ -10,7 +10,7 @@ from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.adapters import load_adapter
 from trainer_core.algorithms import make_trainer
-from trainer_core.config import FlowGRPOConfig, OptimizerConfig, RolloutConfig
+from trainer_core.config import FlowGRPOConfig, LoggingConfig, OptimizerConfig, RolloutConfig
 from trainer_core.rewards.base import Reward, RewardMix, RewardMixConfig
 from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.shapes.grammar import CATEGORIES, parse_prompt
@@ -47,7 +47,8 @@ def test_one_iteration_changes_lora_weights_and_nothing_else(tiny_model, tiny_co
 
 
 def test_run_directory_and_resume_without_gaps(tiny_model, tiny_config, tmp_path):
-    config = tiny_config(iterations=3)
+    logging = LoggingConfig(sample_every=2, checkpoint_every=1, sample_prompts=("a red circle",), sample_seeds=2)
+    config = tiny_config(iterations=3, logging=logging)
     out = tmp_path / "run"
     result = run_training(config, out)
     assert result.iterations_done == 3 and not result.interrupted
@@ -56,17 +57,19 @@ def test_run_directory_and_resume_without_gaps(tiny_model, tiny_config, tmp_path
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     assert all(rows[i]["wall_time_s"] < rows[i + 1]["wall_time_s"] for i in range(2))
     assert (out / "checkpoints" / "final.safetensors").is_file()
-    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [f"iter_{i:06d}.png" for i in (1, 2, 3)]
+    # every second iteration, and always the last one
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [f"iter_{i:06d}.png" for i in (2, 3)]
 
     # Continue the same run to 5 iterations after pretending iteration 3's checkpoint was never written.
     for path in run.checkpoint_paths(3):
         path.unlink()
-    continued = run_training(tiny_config(iterations=5), out, resume=True)
+    continued = run_training(tiny_config(iterations=5, logging=logging), out, resume=True)
     assert continued.iterations_done == 5
     assert [r["iteration"] for r in run.read_metrics()] == [1, 2, 3, 4, 5]
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [f"iter_{i:06d}.png" for i in (2, 3, 4, 5)]
 
 
-@pytest.mark.parametrize("prompts", ["train", "train-balanced"])
+@pytest.mark.parametrize("prompts", ["train", "train-balanced", "train-adaptive"])
 def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_path, prompts):
     # 3 prompts per iteration: the balanced deck of 5 categories is mid-way at the split
     rollout = RolloutConfig(prompts_per_iteration=3, group_size=2, steps=3, solver="euler", prompts=prompts)
@@ -180,6 +183,27 @@ def test_balanced_prompts_cover_every_category_once_per_deck():
     for start in range(0, 20, len(CATEGORIES)):
         assert sorted(categories[start : start + len(CATEGORIES)]) == sorted(CATEGORIES)
     assert len(set(prompts)) > 10  # prompts within a category still vary
+
+
+def test_adaptive_prompts_go_to_the_categories_whose_groups_disagree():
+    source = PromptSource("train-adaptive", seed=5)
+    assert source.category_probabilities() == pytest.approx([1 / len(CATEGORIES)] * len(CATEGORIES))
+    # "single" groups always tie, "position" groups spread three times as much as the rest
+    spread_of = {
+        category: 0.0 if category == "single" else 0.3 if category == "position" else 0.1 for category in CATEGORIES
+    }
+    for _ in range(60):
+        prompts = source.draw(10)
+        assert [parse_prompt(p).category for p in prompts] == source.drawn_categories
+        source.observe(np.array([spread_of[c] for c in source.drawn_categories]))
+    probability = dict(zip(CATEGORIES, source.category_probabilities(), strict=True))
+    uniform_floor = PromptSource.ADAPTIVE_UNIFORM / len(CATEGORIES)
+    assert probability["single"] == pytest.approx(uniform_floor, abs=1e-3)  # kept, at the floor only
+    assert probability["position"] == pytest.approx(uniform_floor + 0.8 * 0.3 / 0.6, abs=0.01)
+    assert probability["colors"] == pytest.approx(uniform_floor + 0.8 * 0.1 / 0.6, abs=0.01)
+    drawn = [parse_prompt(p).category for p in source.draw(2000)]
+    assert drawn.count("position") / 2000 == pytest.approx(probability["position"], abs=0.03)
+    assert drawn.count("single") / 2000 == pytest.approx(uniform_floor, abs=0.015)
 
 
 def test_unknown_prompt_source_names_the_field_and_choices(tmp_path):

@@ -78,8 +78,10 @@ class RolloutConfig:
     solver: euler | heun | dpmpp_2m (dpmpp_2m; paper DPM-Solver++).
     guidance_scale: classifier-free guidance in rollouts; 1 is none (1.0; paper none on SD3.5-M).
     prompts: "train" (the shapes grammar's sampler, categories drawn uniformly), "train-balanced" (the
-        same, categories dealt in shuffled decks so each iteration covers them evenly) or a path to a
-        prompts file (train).
+        same, categories dealt in shuffled decks so each iteration covers them evenly), "train-adaptive"
+        (categories drawn in proportion to a moving average of their groups' reward spread, 20% of the
+        probability kept uniform: rollouts go to what the policy does not yet always get right or
+        always get wrong) or a path to a prompts file (train).
     batch_size: images per model call, to bound memory (64).
     candidate_prompts: prompt groups rolled out per iteration before selection; when larger than
         prompts_per_iteration, only the prompts_per_iteration groups whose rewards spread the most
@@ -235,7 +237,7 @@ class OptimizerConfig:
 class LoggingConfig:
     """What a run writes besides metrics.
 
-    sample_every: iterations between sample grids; 0 disables them (5).
+    sample_every: iterations between sample grids, plus one at the last iteration; 0 disables them (5).
     checkpoint_every: iterations between LoRA checkpoints; a final one is always written (10).
     sample_prompts: prompts of the sample grid (four shapes prompts).
     sample_seeds: seeds of the sample grid, one column each (4).

@@ -80,16 +80,27 @@ class PromptSource:
 
     "train" draws each prompt's category uniformly; "train-balanced" deals categories from shuffled
     decks of all of them, so every window of len(CATEGORIES) prompts covers each category once and
-    an iteration's gradient is not dominated by whichever categories it happened to draw.
+    an iteration's gradient is not dominated by whichever categories it happened to draw;
+    "train-adaptive" draws categories in proportion to a moving average of how much their groups'
+    rewards spread (`observe`), so rollouts go where the policy still errs some of the time instead
+    of to categories it always gets right (or always wrong), where every image ties and teaches
+    nothing. A share ADAPTIVE_UNIFORM of the draws stays uniform, so no category is dropped.
     """
 
-    SPECS = ("train", "train-balanced")
+    SPECS = ("train", "train-balanced", "train-adaptive")
+    #: "train-adaptive": weight of the old average when a category's new groups are observed
+    ADAPTIVE_DECAY = 0.9
+    #: "train-adaptive": share of the category probabilities spread uniformly
+    ADAPTIVE_UNIFORM = 0.2
 
     def __init__(self, spec: str, seed: int) -> None:
         self.spec = spec
         self.rng = random.Random(seed)
         self.lines: list[str] | None = None
         self.deck: list[str] = []  # categories still to deal, "train-balanced" only
+        #: "train-adaptive": moving average of each category's group reward spread, once seen
+        self.category_spread: dict[str, float] = {}
+        self.drawn_categories: list[str] = []  # of the last draw, for `observe`
         if spec not in self.SPECS:
             from pathlib import Path
 
@@ -109,12 +120,38 @@ class PromptSource:
 
         if self.spec == "train":
             return [sample_spec(self.rng).prompt for _ in range(n)]
+        if self.spec == "train-adaptive":
+            self.drawn_categories = self.rng.choices(CATEGORIES, self.category_probabilities(), k=n)
+            return [sample_spec(self.rng, category).prompt for category in self.drawn_categories]
         prompts = []
         for _ in range(n):
             if not self.deck:
                 self.deck = self.rng.sample(CATEGORIES, len(CATEGORIES))
             prompts.append(sample_spec(self.rng, self.deck.pop()).prompt)
         return prompts
+
+    def category_probabilities(self) -> list[float]:
+        """ "train-adaptive": the probability of each of CATEGORIES in the next draw."""
+        from trainer_core.shapes.grammar import CATEGORIES
+
+        seen = self.category_spread
+        default = float(np.mean(list(seen.values()))) if seen else 1.0  # unseen: as the average seen one
+        spreads = np.array([seen.get(c, default) for c in CATEGORIES])
+        total = float(spreads.sum())
+        share = spreads / total if total > 0 else np.full(len(CATEGORIES), 1 / len(CATEGORIES))
+        return [float(p) for p in (1 - self.ADAPTIVE_UNIFORM) * share + self.ADAPTIVE_UNIFORM / len(CATEGORIES)]
+
+    def observe(self, spread: np.ndarray) -> None:
+        """The reward spread of each group of the last draw, in draw order ("train-adaptive" learns from it)."""
+        if self.spec != "train-adaptive":
+            return
+        by_category: dict[str, list[float]] = {}
+        for category, value in zip(self.drawn_categories, spread, strict=True):
+            by_category.setdefault(category, []).append(float(value))
+        for category, values in by_category.items():
+            old, new = self.category_spread.get(category), float(np.mean(values))
+            decay = self.ADAPTIVE_DECAY
+            self.category_spread[category] = new if old is None else decay * old + (1 - decay) * new
 
 
 class GroupTrainer(ABC):
@@ -195,6 +232,7 @@ class GroupTrainer(ABC):
         with _timed(times, "reward_s", self.cuda_sync):
             scores = self.rewards.score(generation.images, generation.prompts)
             spread = self.rewards.group_spread(scores, group_size)
+            self.prompts.observe(spread)
             rolled_out_scores = scores
             if cfg.rollout.prompts_rolled_out > cfg.rollout.prompts_per_iteration:
                 images = self.informative_images(spread)
@@ -300,6 +338,7 @@ class GroupTrainer(ABC):
             "generator": self.generator.get_state(),
             "prompt_rng": self.prompts.rng.getstate(),  # a tuple of ints: loads with weights_only
             "prompt_deck": list(self.prompts.deck),
+            "prompt_category_spread": dict(self.prompts.category_spread),
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -309,6 +348,7 @@ class GroupTrainer(ABC):
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
         self.prompts.rng.setstate(state["prompt_rng"])  # type: ignore[arg-type]
         self.prompts.deck = list(state.get("prompt_deck", []))  # type: ignore[call-overload]
+        self.prompts.category_spread = dict(state.get("prompt_category_spread", {}))  # type: ignore[call-overload]
         torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
 
 
