@@ -197,6 +197,7 @@ def test_adaptive_prompts_go_to_the_categories_whose_groups_disagree():
         assert [parse_prompt(p).category for p in prompts] == source.drawn_categories
         source.observe(np.array([spread_of[c] for c in source.drawn_categories]))
     probability = dict(zip(CATEGORIES, source.category_probabilities(), strict=True))
+    assert source.diagnostics() == {f"prompt_share_{c}": p for c, p in probability.items()}
     uniform_floor = PromptSource.ADAPTIVE_UNIFORM / len(CATEGORIES)
     assert probability["single"] == pytest.approx(uniform_floor, abs=1e-3)  # kept, at the floor only
     assert probability["position"] == pytest.approx(uniform_floor + 0.8 * 0.3 / 0.6, abs=0.01)

@@ -141,6 +141,14 @@ class PromptSource:
         share = spreads / total if total > 0 else np.full(len(CATEGORIES), 1 / len(CATEGORIES))
         return [float(p) for p in (1 - self.ADAPTIVE_UNIFORM) * share + self.ADAPTIVE_UNIFORM / len(CATEGORIES)]
 
+    def diagnostics(self) -> dict[str, float]:
+        """ "train-adaptive": the next draw's probability of each category, as `prompt_share_<category>`."""
+        if self.spec != "train-adaptive":
+            return {}
+        from trainer_core.shapes.grammar import CATEGORIES
+
+        return {f"prompt_share_{c}": p for c, p in zip(CATEGORIES, self.category_probabilities(), strict=True)}
+
     def observe(self, spread: np.ndarray) -> None:
         """The reward spread of each group of the last draw, in draw order ("train-adaptive" learns from it)."""
         if self.spec != "train-adaptive":
@@ -257,6 +265,7 @@ class GroupTrainer(ABC):
             "tied_groups": float((spread < TIE_SPREAD).mean()),
             **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},
             **self.diagnostics(batch),
+            **self.prompts.diagnostics(),
             "nfe": self.rollout_evaluations() * rolled_out + self.training_evaluations(batch),
             "advantage_abs_mean": float(advantages.abs().mean()),
             "learning_rate": learning_rate,
