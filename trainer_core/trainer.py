@@ -131,7 +131,7 @@ class PromptSource:
         return prompts
 
     def category_probabilities(self) -> list[float]:
-        """ "train-adaptive": the probability of each of CATEGORIES in the next draw."""
+        """Under "train-adaptive", the probability of each of CATEGORIES in the next draw."""
         from trainer_core.shapes.grammar import CATEGORIES
 
         seen = self.category_spread
@@ -142,7 +142,7 @@ class PromptSource:
         return [float(p) for p in (1 - self.ADAPTIVE_UNIFORM) * share + self.ADAPTIVE_UNIFORM / len(CATEGORIES)]
 
     def diagnostics(self) -> dict[str, float]:
-        """ "train-adaptive": the next draw's probability of each category, as `prompt_share_<category>`."""
+        """Under "train-adaptive", the next draw's probability of each category, as `prompt_share_<category>`."""
         if self.spec != "train-adaptive":
             return {}
         from trainer_core.shapes.grammar import CATEGORIES
