@@ -199,9 +199,10 @@ def test_adaptive_prompts_go_to_the_categories_whose_groups_disagree():
     probability = dict(zip(CATEGORIES, source.category_probabilities(), strict=True))
     assert source.diagnostics() == {f"prompt_share_{c}": p for c, p in probability.items()}
     uniform_floor = PromptSource.ADAPTIVE_UNIFORM / len(CATEGORIES)
+    by_spread = 1 - PromptSource.ADAPTIVE_UNIFORM  # the rest, shared in proportion to spread (sum 0.6)
     assert probability["single"] == pytest.approx(uniform_floor, abs=1e-3)  # kept, at the floor only
-    assert probability["position"] == pytest.approx(uniform_floor + 0.8 * 0.3 / 0.6, abs=0.01)
-    assert probability["colors"] == pytest.approx(uniform_floor + 0.8 * 0.1 / 0.6, abs=0.01)
+    assert probability["position"] == pytest.approx(uniform_floor + by_spread * 0.3 / 0.6, abs=0.01)
+    assert probability["colors"] == pytest.approx(uniform_floor + by_spread * 0.1 / 0.6, abs=0.01)
     drawn = [parse_prompt(p).category for p in source.draw(2000)]
     assert drawn.count("position") / 2000 == pytest.approx(probability["position"], abs=0.03)
     assert drawn.count("single") / 2000 == pytest.approx(uniform_floor, abs=0.015)
