@@ -260,9 +260,49 @@ def test_candidate_prompts_train_only_the_groups_whose_rewards_differ(tiny_model
     assert metrics["images_per_s"] == pytest.approx(24 / metrics["iteration_s"])
 
 
-def test_informative_images_are_whole_groups_of_the_largest_spread_in_rollout_order(tiny_model, tiny_config):
+@pytest.mark.parametrize("algorithm", ["vgrpo", "flow-grpo"])
+def test_dropped_tied_groups_skip_the_old_pass_and_the_gradient_steps(tiny_model, tiny_config, tmp_path, algorithm):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\ntwo green triangles\n")
+    rollout = RolloutConfig(
+        prompts_per_iteration=4, group_size=2, steps=3, solver="euler", prompts=str(prompts), drop_tied_groups=True
+    )
+    config = tiny_config(algorithm=algorithm, rollout=rollout, flow_grpo=FlowGRPOConfig(beta=0.0))
+    mix = RewardMix({"circles_vary": _SpreadByPrompt()}, RewardMixConfig({"circles_vary": 1.0}))
+    trainer = make_trainer(load_adapter(tiny_model, "cpu"), mix, config)
+    rolled_out, trained = [], []
+    generate, old_pass = trainer.generate, trainer.old_pass
+    trainer.generate = lambda p: rolled_out.append(p) or generate(p)  # type: ignore[method-assign]
+    trainer.old_pass = lambda g, tr, a: trained.append(g) or old_pass(g, tr, a)  # type: ignore[method-assign]
+    for _ in range(4):
+        metrics = trainer.step()
+        circles = [p for p in rolled_out[-1] if "circle" in p]
+        expected = circles or rolled_out[-1]  # all tied: every group trains
+        assert trained[-1].prompts == [p for p in expected for _ in range(2)]
+        assert metrics["trained_groups"] == len(expected)
+        assert metrics["tied_groups"] == pytest.approx(1 - len(circles) / 4)
+        per_image_training = 3 * 2 * 2 if algorithm == "vgrpo" else 3 * 1 * 3
+        assert metrics["nfe"] == 8 * 3 + 2 * len(expected) * per_image_training
+
+
+def test_training_images_are_whole_groups_of_the_largest_spread_in_rollout_order(tiny_model, tiny_config):
     config = tiny_config(rollout=RolloutConfig(prompts_per_iteration=2, candidate_prompts=6, group_size=4, steps=3))
     trainer = VGRPOTrainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
-    assert trainer.informative_images(np.array([0.0, 0.5, 0.0, 0.2, 0.5, 0.0])).tolist() == [4, 5, 6, 7, 16, 17, 18, 19]
+    assert trainer.training_images(np.array([0.0, 0.5, 0.0, 0.2, 0.5, 0.0])).tolist() == [4, 5, 6, 7, 16, 17, 18, 19]
     # ties go to the earlier group
-    assert trainer.informative_images(np.array([0.0, 0.0, 0.1, 0.0, 0.0, 0.0])).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert trainer.training_images(np.array([0.0, 0.0, 0.1, 0.0, 0.0, 0.0])).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
+def test_dropping_tied_groups_keeps_the_groups_whose_rewards_differ(tiny_model, tiny_config):
+    def trainer_for(**rollout) -> VGRPOTrainer:
+        config = tiny_config(rollout=RolloutConfig(prompts_per_iteration=4, group_size=2, steps=3, **rollout))
+        return VGRPOTrainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
+
+    dropping = trainer_for(drop_tied_groups=True)
+    assert dropping.training_images(np.array([0.0, 0.3, 0.0, 0.1])).tolist() == [2, 3, 6, 7]
+    assert dropping.training_images(np.array([0.2, 0.3, 0.1, 0.1])) is None  # none tied: all train
+    assert dropping.training_images(np.zeros(4)) is None  # all tied: all train rather than none
+    assert trainer_for().training_images(np.array([0.0, 0.3, 0.0, 0.1])) is None
+    # with candidates: the 4 widest of 6, then of those the ones that do not tie
+    candidates = trainer_for(drop_tied_groups=True, candidate_prompts=6)
+    assert candidates.training_images(np.array([0.0, 0.3, 0.0, 0.0, 0.1, 0.0])).tolist() == [2, 3, 8, 9]

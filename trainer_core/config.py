@@ -87,6 +87,10 @@ class RolloutConfig:
         prompts_per_iteration, only the prompts_per_iteration groups whose rewards spread the most
         train, so compute goes to prompts that still teach something (DAPO's dynamic sampling drops
         groups whose rewards all tie); 0 rolls out exactly prompts_per_iteration (0; paper none).
+    drop_tied_groups: leave groups whose rewards all tie out of the old pass and the gradient steps:
+        their advantages are zero, so they add nothing to the objective but their cost (and their
+        share of the penalty); the loss averages over the groups that remain, and an iteration whose
+        groups all tie trains on all of them (False; paper none).
     """
 
     prompts_per_iteration: int = 8
@@ -97,6 +101,7 @@ class RolloutConfig:
     prompts: str = "train"
     batch_size: int = 64
     candidate_prompts: int = 0
+    drop_tied_groups: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_iteration", "steps", "batch_size"):

@@ -242,8 +242,8 @@ class GroupTrainer(ABC):
             spread = self.rewards.group_spread(scores, group_size)
             self.prompts.observe(spread)
             rolled_out_scores = scores
-            if cfg.rollout.prompts_rolled_out > cfg.rollout.prompts_per_iteration:
-                images = self.informative_images(spread)
+            images = self.training_images(spread)
+            if images is not None:
                 generation, trace = generation.select(images), self.select_trace(trace, images)
                 scores = {name: values[images.numpy()] for name, values in scores.items()}
             advantages = self.rewards.advantages(scores, group_size, self.advantage_eps)
@@ -263,6 +263,7 @@ class GroupTrainer(ABC):
             "reward_std": float(combined.std()),
             **{f"reward_{name}": float(values.mean()) for name, values in rolled_out_scores.items()},
             "tied_groups": float((spread < TIE_SPREAD).mean()),
+            "trained_groups": len(generation.prompts) // group_size,
             **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},
             **self.diagnostics(batch),
             **self.prompts.diagnostics(),
@@ -276,13 +277,20 @@ class GroupTrainer(ABC):
         metrics["images_per_s"] = rolled_out / metrics["iteration_s"]
         return metrics
 
-    def informative_images(self, spread: np.ndarray) -> torch.Tensor:
-        """Image indices of the prompts_per_iteration groups with the largest reward spread, in
-        rollout order; ties go to the earlier group, so the choice is deterministic."""
-        group_size = self.config.rollout.group_size
-        ranked = np.argsort(-spread, kind="stable")[: self.config.rollout.prompts_per_iteration]
-        groups = torch.as_tensor(np.sort(ranked))
-        return (groups[:, None] * group_size + torch.arange(group_size)).flatten()
+    def training_images(self, spread: np.ndarray) -> torch.Tensor | None:
+        """Indices of the images that train, whole groups in rollout order, or None for all of them.
+
+        With candidates, the prompts_per_iteration groups with the largest reward spread (ties go to
+        the earlier group, so the choice is deterministic); with drop_tied_groups, of those only the
+        groups whose rewards do not all tie, unless every one ties.
+        """
+        rollout = self.config.rollout
+        groups = np.sort(np.argsort(-spread, kind="stable")[: rollout.prompts_per_iteration])
+        if rollout.drop_tied_groups and (spread[groups] >= TIE_SPREAD).any():
+            groups = groups[spread[groups] >= TIE_SPREAD]
+        if len(groups) == len(spread):
+            return None
+        return (torch.as_tensor(groups)[:, None] * rollout.group_size + torch.arange(rollout.group_size)).flatten()
 
     def set_learning_rate(self) -> float:
         """Put this iteration's scheduled learning rate into the optimiser; returns it."""
