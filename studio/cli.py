@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     train.add_argument("--iterations", type=int, help="override the config's iterations")
+    train.add_argument(
+        "--time-budget-minutes", type=float, help="override the config's time_budget_minutes (0: no limit)"
+    )
 
     bench = commands.add_parser("bench", help="benchmarks (JSON plus a printed table)")
     benches = bench.add_subparsers(dest="bench", required=True)
@@ -269,6 +272,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise CliError(f"--resume: {args.out} holds no run to resume")
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
+    if args.time_budget_minutes is not None:
+        config = dataclasses.replace(config, time_budget_minutes=args.time_budget_minutes)
     done = len(run.read_metrics()) if args.resume else 0
     bar = tqdm(total=config.iterations, initial=min(done, config.iterations), desc="train", unit="it")
 

@@ -64,20 +64,24 @@ def run_training(
     should_stop: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,
     on_samples: Callable[[int, Path], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainingResult:
-    """Train to `config.iterations`, writing the run directory as it goes.
+    """Train to `config.iterations`, or until `config.time_budget_minutes` runs out, writing the run
+    directory as it goes.
 
     With `resume`, continue from the latest checkpoint in `out` (metrics after
     it are dropped and redone); the run's saved config is kept, except that
-    `config.iterations` may extend it. Ctrl-C, or `should_stop()` returning True,
-    stops at the next iteration boundary with a checkpoint. `on_iteration`, `on_checkpoint` and
+    `config.iterations` and `config.time_budget_minutes` may extend it. Ctrl-C, or `should_stop()`
+    returning True, stops at the next iteration boundary with a checkpoint. `on_iteration`, `on_checkpoint` and
     `on_samples` hear of each metrics row, checkpoint file and sample grid once it is on disk.
+    `clock` (seconds) times the run for `wall_time_s` and the budget.
     """
     run = RunDirectory(out)
     if run.exists() and not resume:
         raise FileExistsError(f"--out: {out} already holds a run; pass --resume to continue it or choose another")
     if resume and run.exists():
-        config = dataclasses.replace(load_config(run.config_path), iterations=config.iterations)
+        extended = {"iterations": config.iterations, "time_budget_minutes": config.time_budget_minutes}
+        config = dataclasses.replace(load_config(run.config_path), **extended)
     run.create(dump_config(config))
 
     adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
@@ -93,7 +97,16 @@ def run_training(
             trainer.load_state_dict(run.load_state(latest))
             start = latest
         run.truncate_metrics(start)
-    wall_offset = run.read_metrics()[-1]["wall_time_s"] if start else 0.0
+    done_rows = run.read_metrics()
+    wall_offset = done_rows[-1]["wall_time_s"] if start else 0.0
+    budget_s = 60.0 * config.time_budget_minutes
+
+    def out_of_time(wall_s: float, step_s: float) -> bool:
+        """Whether one more iteration of step_s seconds would end past the time budget."""
+        return budget_s > 0 and wall_s + step_s > budget_s
+
+    # a run that ended on its budget resumes to nothing more (unless the budget was raised)
+    end = start if start and out_of_time(wall_offset, done_rows[-1]["iteration_s"]) else config.iterations
 
     def checkpoint(iteration: int) -> Path:
         lora_path, _ = run.checkpoint_paths(iteration)
@@ -104,13 +117,14 @@ def run_training(
         return lora_path
 
     interrupted = False
-    started = time.monotonic()
+    started = clock()
     with _StopFlag() as stop:
-        for iteration in range(start + 1, config.iterations + 1):
-            metrics = trainer.step()
-            metrics["wall_time_s"] = wall_offset + time.monotonic() - started
+        for iteration in range(start + 1, end + 1):
+            before = wall_offset + clock() - started
+            metrics = trainer.step(before / budget_s if budget_s else 0.0)
+            metrics["wall_time_s"] = wall_offset + clock() - started
             run.append_metrics(metrics)
-            last = iteration == config.iterations
+            last = iteration == end or out_of_time(metrics["wall_time_s"], metrics["wall_time_s"] - before)
             if config.logging.sample_every and (iteration % config.logging.sample_every == 0 or last):
                 save_sample_grid(trainer, config, run.sample_path(iteration))
                 if on_samples:
@@ -119,7 +133,9 @@ def run_training(
                 checkpoint(iteration)
             if on_iteration:
                 on_iteration(metrics)
-            if (stop.requested or (should_stop and should_stop())) and iteration < config.iterations:
+            if last:
+                break
+            if stop.requested or (should_stop and should_stop()):
                 if iteration % config.logging.checkpoint_every:
                     checkpoint(iteration)
                 interrupted = True
@@ -127,10 +143,10 @@ def run_training(
 
     final = None
     if not interrupted:
-        if config.iterations % config.logging.checkpoint_every:
-            checkpoint(config.iterations)
+        if trainer.iteration % config.logging.checkpoint_every:
+            checkpoint(trainer.iteration)
         final = run.checkpoints / "final.safetensors"
-        adapter.save_lora(final, _lora_metadata(config, config.iterations))
+        adapter.save_lora(final, _lora_metadata(config, trainer.iteration))
     return TrainingResult(trainer.iteration, interrupted, final)
 
 

@@ -60,6 +60,7 @@ def test_presets_load():
         ({"model": {"name": ""}}, r"model\.name"),
         ({"lora": {"rank": 2.5}}, r"lora\.rank: must be an integer"),
         ({"iterations": 0}, r"iterations: must be at least 1"),
+        ({"time_budget_minutes": -5}, r"time_budget_minutes: must be a non-negative number \(0: no limit\), got -5"),
         ({"algorithm": "ppo"}, r"algorithm: must be one of"),
         ({"optimizer": {"lr_schedule": "step"}}, r"optimizer\.lr_schedule: must be one of constant, linear, cosine"),
         ({"optimizer": {"final_lr_fraction": 1.5}}, r"optimizer\.final_lr_fraction: must be in \[0, 1\]"),

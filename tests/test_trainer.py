@@ -11,6 +11,7 @@ from studio.training import run_training
 from trainer_core.adapters import load_adapter
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import FlowGRPOConfig, LoggingConfig, OptimizerConfig, RolloutConfig
+from trainer_core.lora import read_lora
 from trainer_core.rewards.base import Reward, RewardMix, RewardMixConfig
 from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.shapes.grammar import CATEGORIES, parse_prompt
@@ -92,6 +93,41 @@ def test_the_scheduled_learning_rate_reaches_the_optimizer(tiny_model, tiny_conf
         rates.append(trainer.step()["learning_rate"])
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(rates[-1])
     assert rates == pytest.approx([1e-3, 5.5e-4, 1e-4])
+
+
+def test_a_time_budget_ends_the_run_and_its_learning_rate_decay(tiny_model, tiny_config, tmp_path):
+    ticks = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s after the last
+
+    def clock() -> float:
+        return float(next(ticks))
+
+    optimizer = OptimizerConfig(learning_rate=1e-3, lr_schedule="cosine", final_lr_fraction=0.1)
+    config = tiny_config(iterations=100, time_budget_minutes=1.0, optimizer=optimizer)
+    out = tmp_path / "run"
+    result = run_training(config, out, clock=clock)
+    # iterations start at 10, 30, 50 s and take 10 s each; a fourth would end at 80 s, past 60 s
+    assert result.iterations_done == 3 and not result.interrupted
+    rows = RunDirectory(out).read_metrics()
+    assert [r["wall_time_s"] for r in rows] == [20.0, 40.0, 60.0]
+    # the schedule follows the budget, far ahead of 3 of 100 iterations
+    expected = [optimizer.lr_factor(i, 100, elapsed / 60) for i, elapsed in enumerate((10, 30, 50))]
+    assert [r["learning_rate"] for r in rows] == pytest.approx([1e-3 * f for f in expected])
+    assert expected[2] < 0.2
+    assert (out / "samples" / "iter_000003.png").is_file()  # the last iteration's grid
+    assert read_lora(out / "checkpoints" / "final.safetensors")[2]["iterations"] == "3"
+    # a run that ended on its budget resumes to nothing more
+    again = run_training(config, out, resume=True, clock=clock)
+    assert again.iterations_done == 3 and len(RunDirectory(out).read_metrics()) == 3
+
+
+def test_lr_schedule_follows_time_or_iterations_whichever_is_further():
+    cosine = OptimizerConfig(lr_schedule="cosine", final_lr_fraction=0.1)
+    assert cosine.lr_factor(0, 11) == 1.0 and cosine.lr_factor(10, 11) == pytest.approx(0.1)
+    assert cosine.lr_factor(0, 11, elapsed_fraction=1.0) == pytest.approx(0.1)
+    assert cosine.lr_factor(5, 11, elapsed_fraction=0.2) == pytest.approx(0.55)  # iterations ahead of time
+    assert cosine.lr_factor(2, 11, elapsed_fraction=0.5) == pytest.approx(0.55)  # time ahead of iterations
+    assert cosine.lr_factor(0, 11, elapsed_fraction=3.0) == pytest.approx(0.1)  # past the budget: the end
+    assert OptimizerConfig().lr_factor(0, 11, elapsed_fraction=0.9) == 1.0  # constant stays constant
 
 
 def test_existing_run_is_not_overwritten(tiny_model, tiny_config, tmp_path):

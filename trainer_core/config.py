@@ -88,7 +88,7 @@ class RolloutConfig:
         train, so compute goes to prompts that still teach something (DAPO's dynamic sampling drops
         groups whose rewards all tie); 0 rolls out exactly prompts_per_iteration (0; paper none).
     drop_tied_groups: leave groups whose rewards all tie out of the old pass and the gradient steps:
-        their advantages are zero, so they add nothing to the objective but their cost (and their
+        their advantages are (almost) zero, so they add nothing to the objective but their cost (and their
         share of the penalty); the loss averages over the groups that remain, and an iteration whose
         groups all tie trains on all of them (False; paper none).
     """
@@ -197,8 +197,9 @@ class OptimizerConfig:
     beta1 / beta2: Adam moments (0.9 / 0.999).
     grad_clip: max global grad norm; 0 disables it (1.0).
     lr_schedule: the learning rate over the run's iterations: "constant", or "linear" / "cosine" decay
-        from learning_rate to final_lr_fraction * learning_rate at the last iteration; a resume that
-        raises `iterations` stretches what is left of it (constant; paper constant).
+        from learning_rate to final_lr_fraction * learning_rate at the last iteration, or by the end of
+        `time_budget_minutes` if that comes first; a resume that raises `iterations` stretches what is
+        left of it (constant; paper constant).
     final_lr_fraction: where a decaying schedule ends, as a fraction of learning_rate (0.1).
     """
 
@@ -226,9 +227,10 @@ class OptimizerConfig:
         if not 0 <= self.final_lr_fraction <= 1:
             raise ConfigError(f"optimizer.final_lr_fraction: must be in [0, 1], got {self.final_lr_fraction}")
 
-    def lr_factor(self, iteration: int, iterations: int) -> float:
-        """The learning rate of iteration `iteration` (0-based) of `iterations`, as a fraction of learning_rate."""
-        progress = min(1.0, iteration / max(1, iterations - 1))
+    def lr_factor(self, iteration: int, iterations: int, elapsed_fraction: float = 0.0) -> float:
+        """The learning rate of iteration `iteration` (0-based) of `iterations`, as a fraction of learning_rate;
+        `elapsed_fraction` (of a time budget) moves the schedule on when time runs out before iterations."""
+        progress = min(1.0, max(iteration / max(1, iterations - 1), elapsed_fraction))
         if self.lr_schedule == "linear":
             decay = 1.0 - progress
         elif self.lr_schedule == "cosine":
@@ -276,11 +278,17 @@ class TrainConfig:
 
     algorithm: the RL method: vgrpo, or a baseline flow-grpo, mix-grpo, naive-elbo (vgrpo).
     iterations: RL iterations (100).
+    time_budget_minutes: wall-clock limit of the training loop; the run ends, as finished, after the
+        last iteration that is expected to end within it, and a decaying learning rate follows
+        whichever of iterations and time is further along, so the decay completes on a slow machine
+        too. With a budget the schedule depends on the clock, so runs are no longer bit-reproducible;
+        0 is no limit (0; paper none).
     seed: seeds prompts, noise, pairs and LoRA dropout (0).
     """
 
     algorithm: str = "vgrpo"
     iterations: int = 100
+    time_budget_minutes: float = 0.0
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -297,6 +305,10 @@ class TrainConfig:
             raise ConfigError(f"algorithm: must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         if self.iterations < 1:
             raise ConfigError(f"iterations: must be at least 1, got {self.iterations}")
+        if not isinstance(self.time_budget_minutes, int | float) or not self.time_budget_minutes >= 0:
+            raise ConfigError(
+                f"time_budget_minutes: must be a non-negative number (0: no limit), got {self.time_budget_minutes!r}"
+            )
         if self.algorithm == "mix-grpo" and self.mix_grpo.window_size > self.rollout.steps:
             raise ConfigError(
                 f"mix_grpo.window_size: must be at most rollout.steps ({self.rollout.steps}), "

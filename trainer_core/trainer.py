@@ -227,8 +227,9 @@ class GroupTrainer(ABC):
 
     # --- one iteration -----------------------------------------------------------------------
 
-    def step(self) -> dict[str, float]:
-        """Run one iteration; returns its metrics."""
+    def step(self, elapsed_fraction: float = 0.0) -> dict[str, float]:
+        """Run one iteration; returns its metrics. `elapsed_fraction`: how much of the run's time budget
+        is spent, which the learning-rate schedule follows when it is ahead of the iterations."""
         cfg = self.config
         times: dict[str, float] = {}
         self.backward_s = 0.0
@@ -251,7 +252,7 @@ class GroupTrainer(ABC):
         with _timed(times, "old_pass_s", self.cuda_sync):
             batch = self.old_pass(generation, trace, advantages)
         with _timed(times, "train_s", self.cuda_sync):
-            learning_rate = self.set_learning_rate()
+            learning_rate = self.set_learning_rate(elapsed_fraction)
             stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
         self.iteration += 1
 
@@ -292,10 +293,10 @@ class GroupTrainer(ABC):
             return None
         return (torch.as_tensor(groups)[:, None] * rollout.group_size + torch.arange(rollout.group_size)).flatten()
 
-    def set_learning_rate(self) -> float:
+    def set_learning_rate(self, elapsed_fraction: float = 0.0) -> float:
         """Put this iteration's scheduled learning rate into the optimiser; returns it."""
         opt = self.config.optimizer
-        learning_rate = opt.learning_rate * opt.lr_factor(self.iteration, self.config.iterations)
+        learning_rate = opt.learning_rate * opt.lr_factor(self.iteration, self.config.iterations, elapsed_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         return learning_rate

@@ -99,7 +99,7 @@ def train_with_budget(config: TrainConfig, budget_s: float, marks: int, max_iter
         return wall >= budget_s or (max_iterations is not None and trainer.iteration >= max_iterations)
 
     while not done():
-        metrics = trainer.step()
+        metrics = trainer.step(wall / budget_s)  # a decaying learning rate decays over the budget
         wall += metrics["iteration_s"]
         steps += trainer.gradient_steps
         nfe += int(metrics["nfe"])
