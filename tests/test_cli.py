@@ -43,6 +43,13 @@ def test_eval_refuses_an_unknown_model(tmp_path, capsys):
     assert "model: 'nope' is not a built-in model" in capsys.readouterr().err
 
 
+def test_train_refuses_a_negative_time_budget_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "shapes-smoke", "--out", str(out), "--time-budget-minutes", "-1"]) == 2
+    assert "time_budget_minutes: must be a non-negative number" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_sample_writes_a_labelled_grid(tmp_path):
     out = tmp_path / "grid.png"
