@@ -101,6 +101,7 @@ def test_dumped_yaml_has_one_section_per_concern():
     assert set(data) == {
         "algorithm",
         "iterations",
+        "time_budget_minutes",
         "seed",
         "model",
         "rollout",
