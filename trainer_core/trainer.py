@@ -287,8 +287,9 @@ class GroupTrainer(ABC):
         """
         rollout = self.config.rollout
         groups = np.sort(np.argsort(-spread, kind="stable")[: rollout.prompts_per_iteration])
-        if rollout.drop_tied_groups and (spread[groups] >= TIE_SPREAD).any():
-            groups = groups[spread[groups] >= TIE_SPREAD]
+        untied = groups[spread[groups] >= TIE_SPREAD]
+        if rollout.drop_tied_groups and len(untied):
+            groups = untied
         if len(groups) == len(spread):
             return None
         return (torch.as_tensor(groups)[:, None] * rollout.group_size + torch.arange(rollout.group_size)).flatten()
