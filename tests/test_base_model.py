@@ -7,8 +7,9 @@ import torch
 
 from trainer_core.adapters import load_adapter
 from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, resolve_model
-from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
-from trainer_core.shapes.grammar import COLORS, SHAPES, ObjectGroup, SceneSpec
+from trainer_core.shapes.evaluation import SamplingConfig, evaluate, format_table, generate_images
+from trainer_core.shapes.grammar import COLORS, SHAPES, ObjectGroup, SceneSpec, parse_prompt
+from trainer_core.shapes.scoring import score_image
 
 MAX_BYTES = 25 * 1024 * 1024
 
@@ -49,6 +50,26 @@ def test_single_object_colour_and_shape_on_a_fixed_subset(adapter):
     result = evaluate(adapter, specs, n_seeds=4, sampling=SamplingConfig(steps=12, solver="heun"))
     assert result.n_images == 72
     assert result.accuracy["single"] >= 0.8
+
+
+def test_overall_accuracy_per_seed_is_each_seed_scored_alone(adapter):
+    prompts = ["a red circle", "a blue square", "two green triangles", "three yellow circles", "four red squares"]
+    specs = [parse_prompt(p) for p in prompts]
+    sampling = SamplingConfig(steps=6, solver="euler")
+    result = evaluate(adapter, specs, n_seeds=3, sampling=sampling)
+    assert len(result.overall_per_seed) == 3
+    assert sum(result.overall_per_seed) / 3 == pytest.approx(result.accuracy["overall"])
+    # seed 2 alone, scored here: the mean of the single and the count category
+    correct = [
+        score_image(image, spec)["geneval"]
+        for image, spec in zip(generate_images(adapter, prompts, [2] * 5, sampling), specs, strict=True)
+    ]
+    assert result.overall_per_seed[2] == pytest.approx((sum(correct[:2]) / 2 + sum(correct[2:]) / 3) / 2)
+    assert result.overall_per_seed[0] == pytest.approx(evaluate(adapter, specs, 1, sampling).accuracy["overall"])
+    spread = torch.tensor(result.overall_per_seed).std().item()
+    assert result.overall_standard_error == pytest.approx(spread / 3**0.5, abs=1e-6)
+    assert result.to_json()["overall_per_seed"] == result.overall_per_seed
+    assert "overall per seed: " + ", ".join(f"{v:.3f}" for v in result.overall_per_seed) in format_table(result)
 
 
 def test_generation_is_deterministic_and_independent_of_batching(adapter):
