@@ -2,6 +2,7 @@ import random
 
 import pytest
 
+from trainer_core.shapes.detect import DetectedObject
 from trainer_core.shapes.grammar import (
     CATEGORIES,
     COLORS,
@@ -11,10 +12,12 @@ from trainer_core.shapes.grammar import (
     ObjectGroup,
     PromptError,
     SceneSpec,
+    counterfactual_spec,
     parse_prompt,
     sample_spec,
     vocabulary,
 )
+from trainer_core.shapes.scoring import score_objects
 
 
 def test_world_size_meets_the_spec():
@@ -75,3 +78,40 @@ def test_vocabulary_covers_every_word():
     rng = random.Random(2)
     for _ in range(500):
         assert set(sample_spec(rng).prompt.split()) <= words
+
+
+def _objects_satisfying(spec: SceneSpec) -> list[DetectedObject]:
+    """Objects that make up exactly `spec`: the groups at the two ends of the relation's axis."""
+    horizontal = spec.relation in (None, "left of", "right of")
+    first_low = spec.relation in (None, "left of", "above")
+    objects = []
+    for index, group in enumerate(spec.groups):
+        low = (index == 0) == first_low
+        for k in range(group.count):
+            along, across = (4.0 if low else 28.0), 4.0 + 8 * k
+            x, y = (along, across) if horizontal else (across, along)
+            objects.append(DetectedObject(group.shape, group.color or "red", x, y, area=30))
+    return objects
+
+
+def test_counterfactuals_change_what_the_category_tests_and_reject_the_original_image():
+    rng = random.Random(4)
+    for _ in range(3000):
+        spec = sample_spec(rng)
+        twin = counterfactual_spec(rng, spec)
+        assert twin.category == spec.category and twin != spec
+        assert not twin.combos & UNSEEN_COMBOS
+        assert score_objects(_objects_satisfying(spec), spec)["geneval"] == 1.0
+        assert score_objects(_objects_satisfying(spec), twin)["geneval"] == 0.0  # one image cannot serve both
+        shapes = [g.shape for g in spec.groups]
+        if spec.category == "count":
+            assert (twin.groups[0].shape, twin.groups[0].color) == (spec.groups[0].shape, spec.groups[0].color)
+        elif spec.category == "position":
+            assert twin.groups == spec.groups and {spec.relation, twin.relation} in (
+                {"left of", "right of"},
+                {"above", "below"},
+            )
+        elif spec.category in ("colors", "two_objects"):
+            assert [g.shape for g in twin.groups] == shapes
+        elif spec.category == "single" and spec.groups[0].color is not None:
+            assert twin.groups[0].color is not None  # "a circle" would accept a red circle too

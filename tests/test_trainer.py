@@ -70,7 +70,7 @@ def test_run_directory_and_resume_without_gaps(tiny_model, tiny_config, tmp_path
     assert sorted(p.name for p in (out / "samples").glob("*.png")) == [f"iter_{i:06d}.png" for i in (2, 3, 4, 5)]
 
 
-@pytest.mark.parametrize("prompts", ["train", "train-balanced", "train-adaptive"])
+@pytest.mark.parametrize("prompts", ["train", "train-balanced", "train-adaptive", "train-counterfactual"])
 def test_resumed_run_matches_an_uninterrupted_one(tiny_model, tiny_config, tmp_path, prompts):
     # 3 prompts per iteration: the balanced deck of 5 categories is mid-way at the split
     rollout = RolloutConfig(prompts_per_iteration=3, group_size=2, steps=3, solver="euler", prompts=prompts)
@@ -244,6 +244,15 @@ def test_adaptive_prompts_go_to_the_categories_whose_groups_disagree():
     assert drawn.count("single") / 2000 == pytest.approx(uniform_floor, abs=0.015)
 
 
+def test_counterfactual_prompts_come_in_pairs_of_one_category():
+    source = PromptSource("train-counterfactual", seed=2)
+    prompts = source.draw(8) + source.draw(5)  # an odd draw ends with a prompt whose twin is not drawn
+    assert len(prompts) == 13
+    pairs = [(parse_prompt(a), parse_prompt(b)) for a, b in zip(prompts[0:8:2], prompts[1:8:2], strict=True)]
+    assert all(a.category == b.category and a != b for a, b in pairs)
+    assert len({a.category for a, _ in pairs} | {parse_prompt(p).category for p in prompts[8::2]}) > 1
+
+
 def test_unknown_prompt_source_names_the_field_and_choices(tmp_path):
     with pytest.raises(ValueError, match=r"rollout\.prompts: .*train-balanced"):
         PromptSource(str(tmp_path / "missing.txt"), seed=0)
@@ -342,3 +351,35 @@ def test_dropping_tied_groups_keeps_the_groups_whose_rewards_differ(tiny_model, 
     # with candidates: the 4 widest of 6, then of those the ones that do not tie
     candidates = trainer_for(drop_tied_groups=True, candidate_prompts=6)
     assert candidates.training_images(np.array([0.0, 0.3, 0.0, 0.0, 0.1, 0.0])).tolist() == [2, 3, 8, 9]
+
+
+def _trainer_with_one_prompt(tiny_model, tiny_config, tmp_path, algorithm: str, shared_noise: bool):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    rollout = RolloutConfig(
+        prompts_per_iteration=3, group_size=4, steps=3, solver="euler", prompts=str(prompts), shared_noise=shared_noise
+    )
+    config = tiny_config(algorithm=algorithm, rollout=rollout)
+    return make_trainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
+
+
+@pytest.mark.parametrize("algorithm", ["vgrpo", "flow-grpo"])
+def test_shared_noise_gives_image_j_of_every_group_the_same_initial_noise(tiny_model, tiny_config, tmp_path, algorithm):
+    def noise(shared_noise: bool) -> torch.Tensor:
+        trainer = _trainer_with_one_prompt(tiny_model, tiny_config, tmp_path, algorithm, shared_noise)
+        return trainer.expand_prompts(trainer.prompts.draw(3))[2].view(3, 4, -1)
+
+    shared = noise(True)
+    assert torch.equal(shared[1], shared[0]) and torch.equal(shared[2], shared[0])
+    distances = torch.cdist(shared[0], shared[0])
+    assert distances[~torch.eye(4, dtype=torch.bool)].min() > 1.0  # the G noises of a group differ
+    independent = noise(False)
+    assert torch.cdist(independent[0], independent[1]).min() > 1.0
+
+
+def test_shared_noise_ode_rollouts_of_one_prompt_repeat_across_groups(tiny_model, tiny_config, tmp_path):
+    trainer = _trainer_with_one_prompt(tiny_model, tiny_config, tmp_path, "vgrpo", shared_noise=True)
+    latents = trainer.generate(trainer.prompts.draw(3))[0].latents.view(3, 4, -1)
+    torch.testing.assert_close(latents[1], latents[0])
+    torch.testing.assert_close(latents[2], latents[0])
+    assert (latents[0, 1] - latents[0, 0]).abs().amax() > 1e-3

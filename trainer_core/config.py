@@ -81,7 +81,9 @@ class RolloutConfig:
         same, categories dealt in shuffled decks so each iteration covers them evenly), "train-adaptive"
         (categories drawn in proportion to a moving average of their groups' reward spread, 20% of the
         probability kept uniform: rollouts go to what the policy does not yet always get right or
-        always get wrong) or a path to a prompts file (train).
+        always get wrong), "train-counterfactual" (pairs of a prompt and the same scene with another
+        count, the opposite relation or the colours swapped; with `shared_noise`, one layout is judged
+        under both) or a path to a prompts file (train).
     batch_size: images per model call, to bound memory (64).
     candidate_prompts: prompt groups rolled out per iteration before selection; when larger than
         prompts_per_iteration, only the prompts_per_iteration groups whose rewards spread the most
@@ -91,6 +93,11 @@ class RolloutConfig:
         their advantages are (almost) zero, so they add nothing to the objective but their cost (and their
         share of the penalty); the loss averages over the groups that remain, and an iteration whose
         groups all tie trains on all of them (False; paper none).
+    shared_noise: every prompt group of an iteration starts from the same G initial noises (image j of
+        each group from noise j). In a small model the noise decides much of the layout (how many
+        objects, where); with common noises, a layout that is right for one prompt and wrong for
+        another is pushed up in one group and down in the other, so prompt-independent habits cancel
+        across groups and what remains is how the prompt should change the image (False; paper none).
     """
 
     prompts_per_iteration: int = 8
@@ -102,6 +109,7 @@ class RolloutConfig:
     batch_size: int = 64
     candidate_prompts: int = 0
     drop_tied_groups: bool = False
+    shared_noise: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_iteration", "steps", "batch_size"):

@@ -85,9 +85,12 @@ class PromptSource:
     rewards spread (`observe`), so rollouts go where the policy still errs some of the time instead
     of to categories it always gets right (or always wrong), where every image ties and teaches
     nothing. A share ADAPTIVE_UNIFORM of the draws stays uniform, so no category is dropped.
+    "train-counterfactual" draws prompts in pairs: a "train" prompt, then its counterfactual
+    (`counterfactual_spec`: the same scene but another count, the opposite relation, the colours
+    swapped, ...), so that with shared rollout noise the same layout is judged under both.
     """
 
-    SPECS = ("train", "train-balanced", "train-adaptive")
+    SPECS = ("train", "train-balanced", "train-adaptive", "train-counterfactual")
     #: "train-adaptive": weight of the old average when a category's new groups are observed
     ADAPTIVE_DECAY = 0.9
     #: "train-adaptive": share of the category probabilities spread uniformly
@@ -116,10 +119,16 @@ class PromptSource:
     def draw(self, n: int) -> list[str]:
         if self.lines is not None:
             return [self.rng.choice(self.lines) for _ in range(n)]
-        from trainer_core.shapes.grammar import CATEGORIES, sample_spec
+        from trainer_core.shapes.grammar import CATEGORIES, counterfactual_spec, sample_spec
 
         if self.spec == "train":
             return [sample_spec(self.rng).prompt for _ in range(n)]
+        if self.spec == "train-counterfactual":
+            prompts = []
+            while len(prompts) < n:
+                spec = sample_spec(self.rng)
+                prompts += [spec.prompt, counterfactual_spec(self.rng, spec).prompt]
+            return prompts[:n]
         if self.spec == "train-adaptive":
             self.drawn_categories = self.rng.choices(CATEGORIES, self.category_probabilities(), k=n)
             return [sample_spec(self.rng, category).prompt for category in self.drawn_categories]
@@ -307,7 +316,11 @@ class GroupTrainer(ABC):
         group_size = self.config.rollout.group_size
         embeddings = self.adapter.encode_prompts(prompts).repeat_interleave(group_size)
         prompt_per_image = [p for p in prompts for _ in range(group_size)]
-        noise = torch.randn(len(prompt_per_image), *self.adapter.latent_shape, generator=self.generator)
+        if self.config.rollout.shared_noise:
+            group_noise = torch.randn(group_size, *self.adapter.latent_shape, generator=self.generator)
+            noise = group_noise.repeat(len(prompts), *[1] * len(self.adapter.latent_shape))
+        else:
+            noise = torch.randn(len(prompt_per_image), *self.adapter.latent_shape, generator=self.generator)
         return embeddings, prompt_per_image, noise.to(self.adapter.device, self.adapter.dtype)
 
     def batch_slices(self, n: int, inputs_per_item: int = 1) -> list[slice]:

@@ -205,3 +205,51 @@ def vocabulary() -> list[str]:
     words = {"a", "an", "one", "and", "of", "left", "right", "above", "below", "to", "the"}
     words |= {w for w in NUMBER_WORDS.values()} | set(COLORS) | set(SHAPES) | set(_PLURALS.values())
     return sorted(words)
+
+
+_OPPOSITE_RELATIONS: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def counterfactual_spec(rng: random.Random, spec: SceneSpec) -> SceneSpec:
+    """A training spec of the same category that differs from `spec` in exactly what the category tests.
+
+    single: another colour or shape; colors: the two colours swapped (or, when a swap would describe
+    the same scene, the first object in a third colour); count: another count; two_objects: another
+    split of the objects between the groups; position: the opposite relation. No image is right for
+    both, so rendered from the same noise the two isolate what the prompt must control.
+    """
+    for _ in range(100):
+        candidate = _counterfactual_draw(rng, spec)
+        if candidate is not None and candidate != spec and not candidate.combos & UNSEEN_COMBOS:
+            return candidate
+    raise PromptError(f"no counterfactual of {spec.prompt!r} in the training distribution")
+
+
+def _counterfactual_draw(rng: random.Random, spec: SceneSpec) -> SceneSpec | None:
+    groups, category = spec.groups, spec.category
+    try:
+        if category == "single":
+            (group,) = groups
+            if group.color is None or rng.random() < 0.5:  # (no colour would also accept the original's image)
+                return SceneSpec((ObjectGroup(1, rng.choice(SHAPES), group.color),))
+            return SceneSpec((ObjectGroup(1, group.shape, rng.choice(COLORS)),))
+        if category == "count":
+            (group,) = groups
+            return SceneSpec((ObjectGroup(rng.randint(2, MAX_OBJECTS), group.shape, group.color),))
+        a, b = groups
+        if category == "colors":
+            if a.color != b.color and a.shape != b.shape:
+                return SceneSpec((ObjectGroup(1, a.shape, b.color), ObjectGroup(1, b.shape, a.color)))
+            # a swap would describe the same scene: give the first object a third colour
+            return SceneSpec(
+                (ObjectGroup(1, a.shape, rng.choice([c for c in COLORS if c not in (a.color, b.color)])), b)
+            )
+        if category == "two_objects":
+            total = rng.randint(3, MAX_OBJECTS)
+            first = rng.randint(1, total - 1)
+            return SceneSpec((ObjectGroup(first, a.shape, a.color), ObjectGroup(total - first, b.shape, b.color)))
+        if category == "position":
+            return SceneSpec(groups, _OPPOSITE_RELATIONS[spec.relation or ""])
+    except PromptError:
+        return None
+    raise PromptError(f"category: must be one of {', '.join(CATEGORIES)}, got {category!r}")
