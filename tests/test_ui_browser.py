@@ -92,6 +92,7 @@ def test_bad_input_shows_an_inline_error_and_submits_nothing(page):
     cases = [
         ("train-optimizer-learning-rate", "abc", "optimizer.learning_rate"),
         ("train-model", "", "model.name"),
+        ("train-time-budget-minutes", "-5", "time_budget_minutes"),
         ("weight-partial", "0", "rewards.weights"),
     ]
     for elem_id, bad, message in cases:

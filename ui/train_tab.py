@@ -17,6 +17,7 @@ from studio.api import DEFAULT_PRESET, ConfigError, JobError, Studio
 FIELDS: dict[str, tuple[str, str]] = {
     "algorithm": ("Algorithm", "choice"),
     "iterations": ("Iterations", "int"),
+    "time_budget_minutes": ("Time budget, minutes (0: none)", "number"),
     "rollout.prompts_per_iteration": ("Prompts per iteration", "int"),
     "rollout.candidate_prompts": ("Candidate prompts (0: no selection)", "int"),
     "rollout.group_size": ("Images per prompt (group size)", "int"),
