@@ -97,7 +97,8 @@ class RolloutConfig:
         each group from noise j). In a small model the noise decides much of the layout (how many
         objects, where); with common noises, a layout that is right for one prompt and wrong for
         another is pushed up in one group and down in the other, so prompt-independent habits cancel
-        across groups and what remains is how the prompt should change the image (False; paper none).
+        across groups and what remains is how the prompt should change the image. For the MDP baselines
+        only the initial noise is shared, not their SDE steps' noise (False; paper none).
     """
 
     prompts_per_iteration: int = 8

@@ -230,7 +230,8 @@ def _counterfactual_draw(rng: random.Random, spec: SceneSpec) -> SceneSpec | Non
     try:
         if category == "single":
             (group,) = groups
-            if group.color is None or rng.random() < 0.5:  # (no colour would also accept the original's image)
+            # an uncoloured original changes shape: "a circle" vs "a red circle" would share right images
+            if group.color is None or rng.random() < 0.5:
                 return SceneSpec((ObjectGroup(1, rng.choice(SHAPES), group.color),))
             return SceneSpec((ObjectGroup(1, group.shape, rng.choice(COLORS)),))
         if category == "count":
