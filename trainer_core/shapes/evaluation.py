@@ -123,31 +123,27 @@ def evaluate(
         if on_progress:
             on_progress(len(scores), len(jobs))
 
-    by_category: dict[str, list[float]] = defaultdict(list)
     per_prompt: list[dict[str, object]] = []
+    geneval_per_prompt: list[float] = []
     for i, spec in enumerate(specs):
         prompt_scores = scores[i * n_seeds : (i + 1) * n_seeds]
-        by_category[spec.category].extend(s["geneval"] for s in prompt_scores)
-        per_prompt.append(
-            {
-                "prompt": spec.prompt,
-                "category": spec.category,
-                **{name: float(np.mean([s[name] for s in prompt_scores])) for name in SCORE_NAMES},
-            }
-        )
-    accuracy = {c: float(np.mean(by_category[c])) for c in CATEGORIES if by_category[c]}
-    accuracy = {"overall": float(np.mean(list(accuracy.values()))), **accuracy}
+        means = {name: float(np.mean([s[name] for s in prompt_scores])) for name in SCORE_NAMES}
+        per_prompt.append({"prompt": spec.prompt, "category": spec.category, **means})
+        geneval_per_prompt.append(means["geneval"])
+    # every prompt has n_seeds images, so a category's mean over its prompts is its mean over images
+    accuracy = _accuracy(specs, geneval_per_prompt)
     reward_mean = {name: float(np.mean([s[name] for s in scores])) for name in SCORE_NAMES}
-    per_seed = [_overall(specs, [s["geneval"] for s in scores[seed::n_seeds]]) for seed in range(n_seeds)]
+    per_seed = [_accuracy(specs, [s["geneval"] for s in scores[seed::n_seeds]])["overall"] for seed in range(n_seeds)]
     return EvalResult(len(specs), len(jobs), accuracy, reward_mean, time.monotonic() - started, per_prompt, per_seed)
 
 
-def _overall(specs: list[SceneSpec], correct: list[float]) -> float:
-    """Mean over categories of the mean `geneval` score, one score per spec."""
+def _accuracy(specs: list[SceneSpec], correct: list[float]) -> dict[str, float]:
+    """Mean `geneval` score per category and `overall`, their mean, from one score per spec."""
     by_category: dict[str, list[float]] = defaultdict(list)
     for spec, value in zip(specs, correct, strict=True):
         by_category[spec.category].append(value)
-    return float(np.mean([np.mean(values) for values in by_category.values()]))
+    accuracy = {c: float(np.mean(by_category[c])) for c in CATEGORIES if by_category[c]}
+    return {"overall": float(np.mean(list(accuracy.values()))), **accuracy}
 
 
 def format_table(result: EvalResult) -> str:
