@@ -17,6 +17,7 @@ from trainer_core.shapes.grammar import (
     sample_spec,
     vocabulary,
 )
+from trainer_core.shapes.render import layout_scene
 from trainer_core.shapes.scoring import score_objects
 
 
@@ -80,20 +81,6 @@ def test_vocabulary_covers_every_word():
         assert set(sample_spec(rng).prompt.split()) <= words
 
 
-def _objects_satisfying(spec: SceneSpec) -> list[DetectedObject]:
-    """Objects that make up exactly `spec`: the groups at the two ends of the relation's axis."""
-    horizontal = spec.relation in (None, "left of", "right of")
-    first_low = spec.relation in (None, "left of", "above")
-    objects = []
-    for index, group in enumerate(spec.groups):
-        low = (index == 0) == first_low
-        for k in range(group.count):
-            along, across = (4.0 if low else 28.0), 4.0 + 8 * k
-            x, y = (along, across) if horizontal else (across, along)
-            objects.append(DetectedObject(group.shape, group.color or "red", x, y, area=30))
-    return objects
-
-
 def test_counterfactuals_change_what_the_category_tests_and_reject_the_original_image():
     rng = random.Random(4)
     for _ in range(3000):
@@ -101,8 +88,10 @@ def test_counterfactuals_change_what_the_category_tests_and_reject_the_original_
         twin = counterfactual_spec(rng, spec)
         assert twin.category == spec.category and twin != spec
         assert not twin.combos & UNSEEN_COMBOS
-        assert score_objects(_objects_satisfying(spec), spec)["geneval"] == 1.0
-        assert score_objects(_objects_satisfying(spec), twin)["geneval"] == 0.0  # one image cannot serve both
+        # the objects of a scene drawn for spec, as the detector would report them
+        objects = [DetectedObject(o.shape, o.color, o.x, o.y, area=30) for o in layout_scene(spec, rng)]
+        assert score_objects(objects, spec)["geneval"] == 1.0
+        assert score_objects(objects, twin)["geneval"] == 0.0  # one image cannot serve both
         shapes = [g.shape for g in spec.groups]
         if spec.category == "count":
             assert (twin.groups[0].shape, twin.groups[0].color) == (spec.groups[0].shape, spec.groups[0].color)
