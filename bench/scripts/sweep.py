@@ -45,7 +45,7 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_variant(name: str, config_dict: dict[str, Any], out: str, deadline: float, seeds: int) -> None:
+def run_variant(name: str, config_dict: dict[str, Any], out: str, deadline: float, seeds: int, eval_batch: int) -> None:
     """Train one variant until done or past the deadline, evaluating each checkpoint as it is written."""
     import torch
 
@@ -53,18 +53,23 @@ def run_variant(name: str, config_dict: dict[str, Any], out: str, deadline: floa
     from studio.training import run_training
     from trainer_core.adapters import load_adapter
     from trainer_core.config import TrainConfig, from_dict
-    from trainer_core.shapes.evaluation import evaluate
+    from trainer_core.shapes.evaluation import SamplingConfig, evaluate
     from trainer_core.shapes.prompt_sets import load_heldout
 
     run_dir = Path(out) / name
     config = from_dict(TrainConfig, config_dict)
     specs = load_heldout()
     evaluator = load_adapter(config.model.name, config.model.device, config.model.resolution)
-    evals: dict[str, dict[str, float]] = {}
+    evals: dict[str, dict[str, Any]] = {}
 
     def on_checkpoint(iteration: int, path: Path) -> None:
         evaluator.load_lora(path)
-        evals[path.stem] = evaluate(evaluator, specs, seeds).accuracy
+        result = evaluate(evaluator, specs, seeds, SamplingConfig(batch_size=eval_batch))
+        evals[path.stem] = {
+            **result.accuracy,
+            "overall_per_seed": result.overall_per_seed,
+            "overall_standard_error": result.overall_standard_error,
+        }
         (run_dir / "heldout.json").write_text(json.dumps(evals, indent=1))
 
     with (run_dir.parent / f"{name}.log").open("w") as log:
@@ -86,7 +91,8 @@ def main() -> None:
     parser.add_argument(
         "--deadline-minutes", type=float, default=6.0, help="training stops then (last checkpoint evaluated)"
     )
-    parser.add_argument("--seeds", type=int, default=2, help="held-out seeds per prompt")
+    parser.add_argument("--seeds", type=int, default=6, help="held-out seeds per prompt")
+    parser.add_argument("--eval-batch", type=int, default=64, help="images per model call in evaluation")
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default all)")
     args = parser.parse_args()
 
@@ -106,7 +112,9 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.parallel:
             name, config = pending.pop(0)
-            proc = ctx.Process(target=run_variant, args=(name, config, str(args.out), deadline, args.seeds))
+            proc = ctx.Process(
+                target=run_variant, args=(name, config, str(args.out), deadline, args.seeds, args.eval_batch)
+            )
             proc.start()
             running.append(proc)
         time.sleep(1)
