@@ -1,7 +1,10 @@
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 
+from trainer_core.adapters import load_adapter
 from trainer_core.lora import LoraSpec, add_lora, load_lora, read_lora, save_lora
+from trainer_core.samplers import solve
 from trainer_core.shapes.pipeline import build_shapes_pipeline
 
 
@@ -52,3 +55,52 @@ def test_lora_spec_validates_its_fields():
         LoraSpec(rank=0)
     with pytest.raises(ValueError, match=r"lora.alpha"):
         LoraSpec(alpha=-1)
+
+
+CONV_AND_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
+
+
+def _adapter_with_random_lora(tiny_model, dropout: float = 0.0):
+    adapter = load_adapter(tiny_model, "cpu")
+    adapter.add_lora(LoraSpec(rank=4, alpha=8, dropout=dropout, target_modules=CONV_AND_ATTENTION))
+    with torch.no_grad():
+        for param in adapter.lora_parameters():
+            param.normal_(std=0.1)
+    return adapter
+
+
+def _lora_layers(adapter):
+    return [m for m in adapter.denoiser.modules() if isinstance(m, LoraLayer)]
+
+
+def test_sampling_folds_the_lora_into_the_weights_and_restores_them_bit_for_bit(tiny_model):
+    adapter = _adapter_with_random_lora(tiny_model)
+    layers = _lora_layers(adapter)
+    assert any(isinstance(layer.get_base_layer(), torch.nn.Conv2d) for layer in layers)
+    base = {n: p.detach().clone() for n, p in adapter.denoiser.named_parameters() if "lora_" not in n}
+    embeddings = adapter.encode_prompts(["two red squares", "a blue circle left of a green star"])
+    noise = adapter.noise([0, 1])
+    with torch.no_grad():
+        # the adapter applied apart: the reference
+        apart = solve(adapter.guided_velocity(embeddings), noise, 4, "euler", adapter.time_shift)
+        with adapter.lora_merged():
+            assert all(layer.merged for layer in layers)
+        merged = [adapter.sample(embeddings, noise, 4, "euler") for _ in range(3)]
+    assert (apart - noise).abs().max() > 0.1  # the comparison is not between two copies of the noise
+    for result in merged:
+        torch.testing.assert_close(result, apart, atol=2e-5, rtol=1e-5)
+    assert not any(layer.merged for layer in layers)
+    for name, param in adapter.denoiser.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, base[name]), name
+
+
+def test_the_lora_stays_apart_where_folding_it_would_change_the_numbers(tiny_model):
+    adapter = _adapter_with_random_lora(tiny_model)
+    with adapter.lora_merged():  # gradients flow: the LoRA weights must stay leaves of the graph
+        assert not any(layer.merged for layer in _lora_layers(adapter))
+    with torch.no_grad(), adapter.lora_disabled(), adapter.lora_merged():
+        assert not any(layer.merged for layer in _lora_layers(adapter))
+    dropped = _adapter_with_random_lora(tiny_model, dropout=0.1)
+    with torch.no_grad(), dropped.lora_merged():
+        assert not any(layer.merged for layer in _lora_layers(dropped))

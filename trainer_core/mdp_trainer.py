@@ -93,16 +93,19 @@ class FlowGRPOTrainer(GroupTrainer):
         states = [noise.float()]
         log_probs = torch.zeros(cfg.steps, noise.shape[0], device=noise.device)
         z = noise.float()
-        for step in range(cfg.steps):
-            t, t_next = self.sigmas[step], self.sigmas[step + 1]
-            v = torch.cat([self._velocity(z[part], step, embeddings[part]) for part in self.batch_slices(z.shape[0])])
-            if step in window:
-                mean, std = self.step_mean_std(z, v, step)
-                z = mean + std * torch.randn(z.shape, generator=self.generator).to(z.device)
-                log_probs[step] = gaussian_log_prob(z, mean, std)
-            else:
-                z = z + (t_next - t) * v  # the ODE's Euler step outside MixGRPO's window
-            states.append(z)
+        with self.autocast(), self.adapter.lora_merged():
+            for step in range(cfg.steps):
+                t, t_next = self.sigmas[step], self.sigmas[step + 1]
+                v = torch.cat(
+                    [self._velocity(z[part], step, embeddings[part]) for part in self.batch_slices(z.shape[0])]
+                )
+                if step in window:
+                    mean, std = self.step_mean_std(z, v, step)
+                    z = mean + std * torch.randn(z.shape, generator=self.generator).to(z.device)
+                    log_probs[step] = gaussian_log_prob(z, mean, std)
+                else:
+                    z = z + (t_next - t) * v  # the ODE's Euler step outside MixGRPO's window
+                states.append(z)
         latents = z.to(self.adapter.dtype)
         generation = Generation(prompt_per_image, latents, self.adapter.decode(latents), embeddings)
         return generation, Trajectory(torch.stack(states), log_probs, window, trained)

@@ -8,7 +8,7 @@ encoder, and the decoder to images. The algorithms only ever call:
     velocity(z, t, embeddings)          (x0 = z - t v follows)
     sample(embeddings, noise, ...)      any registered ODE solver, no grad
     decode(latents) -> uint8 images     for the rewards
-    add_lora / lora_parameters / save_lora / load_lora / lora_disabled
+    add_lora / lora_parameters / save_lora / load_lora / lora_merged / lora_disabled
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ class DenoiserAdapter(ABC):
     ) -> torch.Tensor:
         """Latents [B, C, H, W] at t = 0 from noise at t = 1, deterministic."""
         velocity = self.guided_velocity(embeddings, guidance_scale, null_embeddings)
-        return solve(velocity, noise, steps, solver, self.time_shift)
+        with self.lora_merged():
+            return solve(velocity, noise, steps, solver, self.time_shift)
 
     def noise(self, seeds: list[int]) -> torch.Tensor:
         """Standard normal latents [B, C, H, W], one per seed, independent of the batch."""
@@ -164,6 +165,20 @@ class DenoiserAdapter(ABC):
             self.lora_spec = lora.load_lora(self.denoiser, path)
         else:
             lora.load_lora_weights(self.denoiser, path)
+
+    @contextlib.contextmanager
+    def lora_merged(self) -> Iterator[None]:
+        """The adapter folded into the base weights for no-grad passes, where that gives the same numbers:
+        fp32 weights, no autocast, no LoRA dropout; elsewhere (bf16, dropout) the adapter stays apart."""
+        merge = (
+            self.lora_spec is not None
+            and self.lora_spec.dropout == 0
+            and not torch.is_grad_enabled()
+            and self.dtype == torch.float32
+            and not torch.is_autocast_enabled(self.device.type)
+        )
+        with lora.merged_lora(self.denoiser) if merge else contextlib.nullcontext():
+            yield
 
     @contextlib.contextmanager
     def lora_disabled(self) -> Iterator[None]:
