@@ -26,7 +26,7 @@ def trained_checkpoint(tiny_model, tmp_path):
     config["model"]["name"] = tiny_model
     job_id = service.submit(config)
     adapter = load_adapter(tiny_model, "cpu")
-    adapter.add_lora(LoraSpec(rank=4, alpha=8, target_modules=("to_k", "to_out.0")))
+    adapter.add_lora(LoraSpec(rank=4, alpha=8, target_modules=("to_k", "to_out.0", "conv1")))
     torch.manual_seed(0)
     with torch.no_grad():
         for param in adapter.lora_parameters():
@@ -52,16 +52,20 @@ def test_kohya_export_has_kohya_names_and_the_same_update(trained_checkpoint):
     assert metadata["reward_mix"] == "partial=1" and metadata["ss_network_dim"] == "4"
     # The update alpha / r * up @ down equals what the peft layer adds to its base weight.
     modules = dict(adapter.denoiser.named_modules())
-    checked = 0
+    checked = convolutions = 0
     for key in keys:
         if not key.endswith(".lora_down.weight"):
             continue
         stem = key.removesuffix(".lora_down.weight")
-        delta = tensors[f"{stem}.alpha"] / 4 * tensors[f"{stem}.lora_up.weight"] @ tensors[key]
+        up, down = tensors[f"{stem}.lora_up.weight"], tensors[key]
         module_path = next(n for n in modules if f"lora_unet_{n.replace('.', '_')}" == stem)
-        assert torch.allclose(delta, modules[module_path].get_delta_weight("default"), atol=1e-6)
+        expected = modules[module_path].get_delta_weight("default")
+        # linear: up [out, r] @ down [r, in]; convolution (LoCon): up [out, r, 1, 1], down [r, in, kh, kw]
+        delta = tensors[f"{stem}.alpha"] / 4 * (up.flatten(1) @ down.flatten(1)).view_as(expected)
+        assert torch.allclose(delta, expected, atol=1e-6)
         checked += 1
-    assert checked == len(keys) // 3
+        convolutions += expected.dim() == 4
+    assert checked == len(keys) // 3 and convolutions > 0
     assert [e.format for e in exports_of(service, checkpoint.job_id)] == ["kohya"]
 
 
