@@ -124,6 +124,9 @@ def test_recomputed_step_log_probs_equal_the_rollouts_at_theta_old(tiny_model, t
     )
     adapter = load_adapter(tiny_model, "cpu")
     trainer = make_trainer(adapter, RewardMix(builtin_rewards(), config.rewards), config)
+    with torch.no_grad():  # a trained LoRA: rollouts fold it into the weights, the recomputation below does not
+        for param in adapter.lora_parameters():
+            param.normal_(std=0.05)
     generation, trajectory = trainer.generate(["a red circle", "two blue squares"])
     assert trajectory.states.shape == (5, 8, *adapter.latent_shape)
     assert torch.equal(trajectory.states[-1].to(generation.latents.dtype), generation.latents)
