@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -95,10 +97,64 @@ def test_sampling_folds_the_lora_into_the_weights_and_restores_them_bit_for_bit(
             assert torch.equal(param, base[name]), name
 
 
+def _loss_and_lora_grads(adapter, fused: bool):
+    embeddings = adapter.encode_prompts(["two red squares", "a blue circle left of a green star"] * 2)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, *adapter.latent_shape, generator=generator, requires_grad=True)
+    t = torch.tensor([0.1, 0.4, 0.7, 0.95])
+    for param in adapter.lora_parameters():
+        param.grad = None
+    with adapter.lora_merged() if fused else contextlib.nullcontext():
+        velocity = adapter.velocity(z, t, embeddings)
+        velocity.pow(2).mean().backward()
+    return velocity.detach(), z.grad, [param.grad.clone() for param in adapter.lora_parameters()]
+
+
+def test_training_passes_fold_the_lora_per_call_with_the_same_output_and_gradients(tiny_model):
+    adapter = _adapter_with_random_lora(tiny_model)
+    layers = _lora_layers(adapter)
+    base = {n: p.detach().clone() for n, p in adapter.denoiser.named_parameters() if "lora_" not in n}
+    velocity, input_grad, lora_grads = _loss_and_lora_grads(adapter, fused=False)
+    with adapter.lora_merged():  # gradients on: every layer runs the fused call, none is merged in place
+        assert all("forward" in vars(layer) for layer in layers) and not any(layer.merged for layer in layers)
+    assert not any("forward" in vars(layer) for layer in layers)
+    fused_velocity, fused_input_grad, fused_lora_grads = _loss_and_lora_grads(adapter, fused=True)
+    torch.testing.assert_close(fused_velocity, velocity, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_input_grad, input_grad, atol=1e-6, rtol=1e-4)
+    assert len(fused_lora_grads) == len(lora_grads) == 2 * len(layers)
+    for fused_grad, grad in zip(fused_lora_grads, lora_grads, strict=True):
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(fused_grad, grad, atol=1e-7, rtol=1e-4)
+    for name, param in adapter.denoiser.named_parameters():
+        if "lora_" not in name:
+            assert param.grad is None and torch.equal(param, base[name]), name
+    # an optimiser step between calls is seen: the fold is recomputed from the current A and B
+    with torch.no_grad():
+        for param in adapter.lora_parameters():
+            param.mul_(-1.5)
+    torch.testing.assert_close(
+        _loss_and_lora_grads(adapter, fused=True)[0],
+        _loss_and_lora_grads(adapter, fused=False)[0],
+        atol=2e-5,
+        rtol=1e-5,
+    )
+    with torch.enable_grad(), adapter.lora_disabled(), adapter.lora_merged():
+        embeddings = adapter.encode_prompts(["two red squares"])
+        z, t = torch.randn(1, *adapter.latent_shape), torch.tensor([0.5])
+        disabled = adapter.velocity(z, t, embeddings)
+    with torch.no_grad():
+        for param in adapter.lora_parameters():
+            param.zero_()
+        torch.testing.assert_close(disabled.detach(), adapter.velocity(z, t, embeddings), atol=1e-6, rtol=1e-5)
+
+
 def test_the_lora_stays_apart_where_folding_it_would_change_the_numbers(tiny_model):
     adapter = _adapter_with_random_lora(tiny_model)
     with adapter.lora_merged():  # gradients flow: the LoRA weights must stay leaves of the graph
         assert not any(layer.merged for layer in _lora_layers(adapter))
+    dropped_with_grad = _adapter_with_random_lora(tiny_model, dropout=0.1)
+    with dropped_with_grad.lora_merged():
+        assert not any("forward" in vars(layer) for layer in _lora_layers(dropped_with_grad))
     with torch.no_grad(), adapter.lora_disabled(), adapter.lora_merged():
         assert not any(layer.merged for layer in _lora_layers(adapter))
     dropped = _adapter_with_random_lora(tiny_model, dropout=0.1)

@@ -8,12 +8,15 @@ the adapter: rank, alpha, dropout and target modules. Loading never unpickles.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -83,6 +86,112 @@ def merged_lora(model: torch.nn.Module) -> Iterator[None]:
         for layer, weight in zip(layers, saved, strict=True):
             layer.unmerge()
             layer.get_base_layer().weight.data.copy_(weight)
+
+
+class _FusedLoraLinear(torch.autograd.Function):
+    """y = x (W + s B A)^T + b, with gradients to x, A and B (the base layer is frozen)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, scale: float) -> torch.Tensor:  # fmt: skip
+        folded = torch.addmm(weight, lora_b, lora_a, alpha=scale)
+        ctx.save_for_backward(x, lora_a, lora_b, folded)
+        ctx.scale = scale
+        return F.linear(x, folded, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, lora_a, lora_b, folded = ctx.saved_tensors
+        rows, grad_rows = x.reshape(-1, x.shape[-1]), grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = grad_y @ folded if ctx.needs_input_grad[0] else None  # W'^T dy covers the base and the B A path
+        grad_a = ctx.scale * (grad_rows @ lora_b).t() @ rows
+        grad_b = ctx.scale * grad_rows.t() @ (rows @ lora_a.t())
+        return grad_x, grad_a, grad_b, None, None, None
+
+
+class _FusedLoraConv2d(torch.autograd.Function):
+    """y = conv(x, W + s B A) + b for peft's convolution LoRA (A: the base's kernel to r channels, B: 1x1)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, scale: float, stride: list[int], padding: list[int],
+                dilation: list[int]) -> torch.Tensor:  # fmt: skip
+        folded = weight + scale * torch.einsum("or,rikl->oikl", lora_b.flatten(1), lora_a)
+        ctx.save_for_backward(x, lora_a, lora_b, folded)
+        ctx.scale, ctx.geometry = scale, (stride, padding, dilation)
+        return F.conv2d(x, folded, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, lora_a, lora_b, folded = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+
+        def conv_backward(
+            grad: torch.Tensor,
+            inputs: torch.Tensor,
+            weight: torch.Tensor,
+            geometry: tuple[list[int], ...],
+            mask: list[bool],
+        ) -> tuple[torch.Tensor, ...]:
+            return torch.ops.aten.convolution_backward(
+                grad, inputs, weight, None, *geometry, False, [0] * len(stride), 1, mask
+            )
+
+        pointwise = ([1] * len(stride), [0] * len(stride), [1] * len(stride))
+        grad_x = (
+            conv_backward(grad_y, x, folded, ctx.geometry, [True, False, False])[0] if ctx.needs_input_grad[0] else None
+        )
+        hidden = F.conv2d(x, lora_a, None, stride, padding, dilation)  # A x, recomputed: r channels, cheap
+        grad_hidden, grad_b, _ = conv_backward(grad_y, hidden, lora_b, pointwise, [True, True, False])
+        grad_a = conv_backward(grad_hidden, x, lora_a, ctx.geometry, [False, True, False])[1]
+        return grad_x, ctx.scale * grad_a, ctx.scale * grad_b, None, None, None, None, None, None
+
+
+def _fusable(layer: torch.nn.Module) -> bool:
+    """A plain LoRA (no DoRA, bias or dropout) on a frozen Linear or ordinary Conv2d."""
+    if not isinstance(layer, LoraLayer) or layer.merged or list(layer.active_adapters) != [ADAPTER_NAME]:
+        return False
+    if ADAPTER_NAME not in layer.lora_A or ADAPTER_NAME in getattr(layer, "lora_variant", {}):
+        return False
+    if layer.lora_bias.get(ADAPTER_NAME) or not isinstance(layer.lora_dropout[ADAPTER_NAME], torch.nn.Identity):
+        return False
+    base = layer.get_base_layer()
+    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return False
+    if isinstance(base, torch.nn.Conv2d):
+        return base.groups == 1 and base.padding_mode == "zeros" and not isinstance(base.padding, str)
+    return type(base) is torch.nn.Linear
+
+
+def _fused_forward(layer: LoraLayer, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    lora_a, lora_b = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
+    base = layer.get_base_layer()
+    if layer.disable_adapters or layer.merged or args or kwargs or not (x.dtype == lora_a.dtype == base.weight.dtype):
+        return type(layer).forward(layer, x, *args, **kwargs)
+    scale = layer.scaling[ADAPTER_NAME]
+    if isinstance(base, torch.nn.Conv2d):
+        geometry = (list(base.stride), list(base.padding), list(base.dilation))
+        return _FusedLoraConv2d.apply(x, lora_a, lora_b, base.weight, base.bias, scale, *geometry)
+    return _FusedLoraLinear.apply(x, lora_a, lora_b, base.weight, base.bias, scale)
+
+
+@contextlib.contextmanager
+def fused_lora(model: torch.nn.Module) -> Iterator[None]:
+    """The active adapter folded into each layer's weight on every call, for passes with gradients.
+
+    An adapted layer runs one matmul or convolution on W + s B A instead of three, and its backward
+    computes the gradients to A and B by hand from the recomputed A x: on shapes-base with the adapter
+    on the convolutions a training forward + backward takes about a third less time than peft's.
+    Folding at each call keeps it exact after every optimiser step. The base weights are only read.
+    """
+    layers = [m for m in model.modules() if _fusable(m)]
+    for layer in layers:
+        layer.forward = functools.partial(_fused_forward, layer)  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def save_lora(model: torch.nn.Module, spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -150,29 +150,30 @@ class FlowGRPOTrainer(GroupTrainer):
         trajectory, embeddings = batch.trajectory, batch.generation.embeddings
         n, steps = trajectory.states.shape[1], trajectory.trained_steps
         totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
-        for step in steps:
-            for part in self.batch_slices(n):
-                z, z_next = trajectory.states[step][part], trajectory.states[step + 1][part]
-                v = self._velocity(z, step, embeddings[part])
-                mean, std = self.step_mean_std(z, v, step)
-                log_ratio = gaussian_log_prob(z_next, mean, std) - trajectory.log_probs_old[step][part]
-                ratio = torch.exp(log_ratio)
-                advantages = batch.advantages[part]
-                clipped = ratio.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon) * advantages
-                loss = -torch.minimum(ratio * advantages, clipped).mean()
-                if step in batch.mean_ref:
-                    kl = mean_kl(mean, batch.mean_ref[step][part], std).mean()
-                    loss = loss + cfg.beta * kl
-                else:
-                    kl = (log_ratio.exp() - 1 - log_ratio).mean().detach()  # k3 estimate to theta_old
-                weight = z.shape[0] / n / len(steps)
-                self.backward(loss * weight)
-                totals["loss"] += float(loss.detach()) * weight
-                totals["ratio_mean"] += float(ratio.detach().mean()) * weight
-                totals["clip_fraction"] += (
-                    float(((ratio.detach() - 1).abs() > cfg.clip_epsilon).float().mean()) * weight
-                )
-                totals["kl"] += float(kl.detach()) * weight
+        with self.adapter.lora_merged():  # fused: one call per adapted layer
+            for step in steps:
+                for part in self.batch_slices(n):
+                    z, z_next = trajectory.states[step][part], trajectory.states[step + 1][part]
+                    v = self._velocity(z, step, embeddings[part])
+                    mean, std = self.step_mean_std(z, v, step)
+                    log_ratio = gaussian_log_prob(z_next, mean, std) - trajectory.log_probs_old[step][part]
+                    ratio = torch.exp(log_ratio)
+                    advantages = batch.advantages[part]
+                    clipped = ratio.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon) * advantages
+                    loss = -torch.minimum(ratio * advantages, clipped).mean()
+                    if step in batch.mean_ref:
+                        kl = mean_kl(mean, batch.mean_ref[step][part], std).mean()
+                        loss = loss + cfg.beta * kl
+                    else:
+                        kl = (log_ratio.exp() - 1 - log_ratio).mean().detach()  # k3 estimate to theta_old
+                    weight = z.shape[0] / n / len(steps)
+                    self.backward(loss * weight)
+                    totals["loss"] += float(loss.detach()) * weight
+                    totals["ratio_mean"] += float(ratio.detach().mean()) * weight
+                    totals["clip_fraction"] += (
+                        float(((ratio.detach() - 1).abs() > cfg.clip_epsilon).float().mean()) * weight
+                    )
+                    totals["kl"] += float(kl.detach()) * weight
         grad_norm = self.optimizer_step()
         self.adapter.denoiser.eval()
         return {**totals, "grad_norm": grad_norm}

@@ -472,7 +472,7 @@ class VGRPOTrainer(GroupTrainer):
         def velocity(z: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
             return self.adapter.velocity(z, tt, expanded).float()
 
-        with self.autocast():
+        with self.autocast(), self.adapter.lora_merged():
             return elbo_surrogate(
                 velocity, latents.float(), t, eps.float(), cfg.parameterisation, cfg.adaptive_weighting
             )

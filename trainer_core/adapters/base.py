@@ -168,16 +168,23 @@ class DenoiserAdapter(ABC):
 
     @contextlib.contextmanager
     def lora_merged(self) -> Iterator[None]:
-        """The adapter folded into the base weights for no-grad passes, where that gives the same numbers:
-        fp32 weights, no autocast, no LoRA dropout; elsewhere (bf16, dropout) the adapter stays apart."""
-        merge = (
+        """The adapter folded into the base weights where that gives the same numbers: fp32 weights, no
+        autocast, no LoRA dropout. Without gradients the weights are merged in place; with them each
+        adapted layer folds at every call and computes its LoRA gradients by hand (`lora.fused_lora`).
+        Elsewhere (bf16, where a small update would round away, or dropout) the adapter stays apart."""
+        fold = (
             self.lora_spec is not None
             and self.lora_spec.dropout == 0
-            and not torch.is_grad_enabled()
             and self.dtype == torch.float32
             and not torch.is_autocast_enabled(self.device.type)
         )
-        with lora.merged_lora(self.denoiser) if merge else contextlib.nullcontext():
+        if not fold:
+            folded: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        elif torch.is_grad_enabled():
+            folded = lora.fused_lora(self.denoiser)
+        else:
+            folded = lora.merged_lora(self.denoiser)
+        with folded:
             yield
 
     @contextlib.contextmanager
