@@ -180,8 +180,9 @@ def fused_lora(model: torch.nn.Module) -> Iterator[None]:
     """The active adapter folded into each layer's weight on every call, for passes with gradients.
 
     An adapted layer runs one matmul or convolution on W + s B A instead of three, and its backward
-    computes the gradients to A and B by hand from the recomputed A x: on shapes-base with the adapter
-    on the convolutions a training forward + backward takes about a third less time than peft's.
+    computes the gradients to A and B by hand from the recomputed A x: on shapes-base with a rank-32
+    adapter on the convolutions, one forward + backward of 256 inputs takes about 30% less time than
+    peft's, and the shapes-geneval gradient step (chunks of 64) 10-17% less.
     Folding at each call keeps it exact after every optimiser step. The base weights are only read.
     """
     layers = [m for m in model.modules() if _fusable(m)]
