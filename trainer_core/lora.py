@@ -180,7 +180,7 @@ def fused_lora(model: torch.nn.Module) -> Iterator[None]:
     """The active adapter folded into each layer's weight on every call, for passes with gradients.
 
     An adapted layer runs one matmul or convolution on W + s B A instead of three, and its backward
-    computes the gradients to A and B by hand from the recomputed A x: on shapes-base with a rank-32
+    computes the gradients to A and B by hand from the recomputed A x: on shapes-base with a rank-16
     adapter on the convolutions, one forward + backward of 256 inputs takes about 30% less time than
     peft's, and the shapes-geneval gradient step (chunks of 64) 10-17% less.
     Folding at each call keeps it exact after every optimiser step. The base weights are only read.
