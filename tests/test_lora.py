@@ -146,6 +146,14 @@ def test_training_passes_fold_the_lora_per_call_with_the_same_output_and_gradien
         for param in adapter.lora_parameters():
             param.zero_()
         torch.testing.assert_close(disabled.detach(), adapter.velocity(z, t, embeddings), atol=1e-6, rtol=1e-5)
+    # autocast entered inside the context (the MDP trainers do): peft's own path, bit for bit
+    with torch.no_grad():
+        for param in adapter.lora_parameters():
+            param.normal_(std=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        apart = adapter.velocity(z, t, embeddings)
+    with adapter.lora_merged(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(adapter.velocity(z, t, embeddings), apart)
 
 
 def test_the_lora_stays_apart_where_folding_it_would_change_the_numbers(tiny_model):

@@ -166,7 +166,8 @@ def _fusable(layer: torch.nn.Module) -> bool:
 def _fused_forward(layer: LoraLayer, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     lora_a, lora_b = layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight
     base = layer.get_base_layer()
-    if layer.disable_adapters or layer.merged or args or kwargs or not (x.dtype == lora_a.dtype == base.weight.dtype):
+    exact = x.dtype == lora_a.dtype == base.weight.dtype and not torch.is_autocast_enabled(x.device.type)
+    if layer.disable_adapters or layer.merged or args or kwargs or not exact:  # autocast would round W + s B A
         return type(layer).forward(layer, x, *args, **kwargs)
     scale = layer.scaling[ADAPTER_NAME]
     if isinstance(base, torch.nn.Conv2d):
