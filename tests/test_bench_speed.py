@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+import studio.bench.speed as speed_module
 from studio.bench.speed import (
     Snapshot,
     first_reaching,
@@ -14,6 +15,7 @@ from studio.bench.speed import (
     method_configs,
     speed_benchmark,
     summarize_runs,
+    vgrpo_speedups,
     write_speed_report,
 )
 from studio.cli import main
@@ -49,6 +51,22 @@ def test_speedups_are_time_to_flow_grpos_best_accuracy():
     assert speedups == {"flow-grpo": pytest.approx(2.0)}
 
 
+def test_speedups_read_the_seed_averaged_curves_and_per_seed_crossings_are_kept():
+    # Flow-GRPO's seed 0 crosses the target early by one lucky evaluation; its mean curve reaches it at mark 2
+    runs = {
+        "vgrpo": [_run([0.5, 0.6, 0.7], 60), _run([0.5, 0.62, 0.68], 60)],
+        "flow-grpo": [_run([0.5, 0.62, 0.55], 60), _run([0.5, 0.5, 0.65], 60)],
+    }
+    target, speedups, summaries = summarize_runs(runs, [0, 1], marks=2)
+    assert target["accuracy"] == pytest.approx(0.6)
+    assert summaries["flow-grpo"]["mean_curve_to_target"]["wall_s"] == 120
+    assert summaries["flow-grpo"]["mean_curve_to_target"]["nfe"] == 2000
+    assert summaries["vgrpo"]["mean_curve_to_target"]["mark"] == 1
+    assert speedups == {"flow-grpo": pytest.approx(2.0)}
+    assert summaries["flow-grpo"]["time_to_target_s"]["per_seed"] == [60, 120]
+    assert vgrpo_speedups(summaries, per_seed=True) == {"flow-grpo": pytest.approx(1.5)}
+
+
 def test_no_speedup_when_flow_grpo_does_not_beat_the_base_model():
     runs = {"vgrpo": [_run([0.5, 0.6], 60)], "flow-grpo": [_run([0.5, 0.45], 60)]}
     target, speedups, summaries = summarize_runs(runs, [0], marks=1)
@@ -57,7 +75,10 @@ def test_no_speedup_when_flow_grpo_does_not_beat_the_base_model():
 
 
 @pytest.mark.slow
-def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path):
+def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkeypatch):
+    evaluations = []
+    evaluate = speed_module.evaluate
+    monkeypatch.setattr(speed_module, "evaluate", lambda *a, **k: evaluations.append(1) or evaluate(*a, **k))
     small = RolloutConfig(prompts_per_iteration=2, group_size=4, steps=4, solver="euler", batch_size=16)
     configs = {
         method: dataclasses.replace(config, rollout=small, mix_grpo=MixGRPOConfig(window_size=2))
@@ -67,6 +88,10 @@ def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path):
         configs, budget_minutes=0.02, seeds=[0, 1], marks=2, eval_per_category=1, eval_seeds=1, log=lambda line: None
     )
     budget = report["budget_s"]
+    runs = [run["snapshots"] for result in report["methods"].values() for run in result["runs"]]
+    # the base model (mark 0) is evaluated once for all six runs, every trained snapshot once
+    assert len(evaluations) == 1 + sum(len(snaps) - 1 for snaps in runs)
+    assert len({snaps[0]["accuracy"] for snaps in runs}) == 1
     for method, result in report["methods"].items():
         assert result["config"]["algorithm"] == method
         for run in result["runs"]:

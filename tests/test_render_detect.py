@@ -3,10 +3,10 @@ import random
 import numpy as np
 import pytest
 
-from trainer_core.shapes.detect import detect_objects
+from trainer_core.shapes.detect import detect_objects, detect_objects_batch
 from trainer_core.shapes.grammar import parse_prompt, sample_spec
 from trainer_core.shapes.render import PlacedObject, render_scene, render_spec
-from trainer_core.shapes.scoring import relation_holds, score_image
+from trainer_core.shapes.scoring import relation_holds, score_image, score_images
 
 
 def _agreement(n: int, resolution: int, seed: int) -> float:
@@ -71,3 +71,29 @@ def test_detector_reads_shape_colour_and_centroid_of_a_hand_placed_scene():
 
 def test_blank_image_has_no_objects():
     assert detect_objects(np.full((32, 32, 3), 228, np.uint8)) == []
+
+
+def test_batch_detection_equals_one_image_at_a_time():
+    rng = random.Random(21)
+    noise = np.random.default_rng(0)
+    specs, images = [], []
+    for _ in range(48):
+        spec = sample_spec(rng, allow_unseen=True)
+        image, _ = render_spec(spec, rng, 32)
+        # model samples are noisy: jitter pixels so that edge pixels sit near the thresholds
+        images.append(np.clip(image + noise.normal(0, 8, image.shape), 0, 255).astype(np.uint8))
+        specs.append(spec)
+    # a red square cut by the bottom edge of one image and another by the top edge of the next: stacked,
+    # they touch, and must stay two objects of two images
+    bottom = render_scene([PlacedObject("square", "red", x=16.0, y=30.0, half_size=4.0)], 32, (235, 235, 235))
+    top = render_scene([PlacedObject("square", "red", x=16.0, y=2.0, half_size=4.0)], 32, (40, 40, 60))
+    images += [bottom, top]
+    specs += [parse_prompt("a red square")] * 2
+    batch = np.stack(images)
+
+    found = detect_objects_batch(batch)
+    assert found == [detect_objects(image) for image in images]
+    assert sum(len(f) for f in found) > 60 and len(found[-2]) == 1 and len(found[-1]) == 1
+    assert score_images(batch, specs) == [score_image(image, spec) for image, spec in zip(images, specs, strict=True)]
+    with pytest.raises(ValueError, match="specs"):
+        score_images(batch, specs[:-1])

@@ -215,22 +215,19 @@ def summarize_runs(
             "iterations": _spread([run[-1].iteration for run in method_runs]),
         }
     target = {"method": TARGET_METHOD, "accuracy": best, "base_accuracy": base, "improves_on_base": improves}
-    return target, _speedups(summaries, _curve_time), summaries
+    return target, vgrpo_speedups(summaries), summaries
 
 
-def _curve_time(summary: dict[str, object]) -> float | None:
-    hit = summary["mean_curve_to_target"]
-    return hit["wall_s"] if hit else None  # type: ignore[index]
+def vgrpo_speedups(summaries: dict[str, dict[str, object]], per_seed: bool = False) -> dict[str, float]:
+    """Each other method's time to the target over V-GRPO's (methods that reached it): where the mean
+    curves first reach it, or (`per_seed`) the means of each seed's first crossing."""
 
+    def time_to_target(summary: dict[str, object]) -> float | None:
+        if per_seed:
+            return summary["time_to_target_s"]["mean"]  # type: ignore[index]
+        hit = summary["mean_curve_to_target"]
+        return hit["wall_s"] if hit else None  # type: ignore[index]
 
-def _per_seed_time(summary: dict[str, object]) -> float | None:
-    return summary["time_to_target_s"]["mean"]  # type: ignore[index]
-
-
-def _speedups(
-    summaries: dict[str, dict[str, object]], time_to_target: Callable[[dict[str, object]], float | None]
-) -> dict[str, float]:
-    """Each other method's time to the target over V-GRPO's (methods that reached it)."""
     if "vgrpo" not in summaries or not (vgrpo_time := time_to_target(summaries["vgrpo"])):
         return {}
     others = {m: time_to_target(s) for m, s in summaries.items() if m != "vgrpo"}
@@ -283,7 +280,7 @@ def speed_benchmark(
     target, speedups, summaries = summarize_runs(runs, seeds, marks)
     for method, summary in summaries.items():
         results[method].update(summary)
-    per_seed_speedups = _speedups(summaries, _per_seed_time)
+    per_seed_speedups = vgrpo_speedups(summaries, per_seed=True)
     return {
         "benchmark": "speed",
         "device": device_name(str(resolve_device(device))),

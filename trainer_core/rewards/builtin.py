@@ -9,7 +9,7 @@ from PIL import Image
 
 from trainer_core.rewards.base import Reward
 from trainer_core.shapes.grammar import parse_prompt
-from trainer_core.shapes.scoring import SCORE_NAMES, score_image
+from trainer_core.shapes.scoring import SCORE_NAMES, score_images
 
 
 class ShapesScores:
@@ -22,7 +22,7 @@ class ShapesScores:
     def all(self, images: np.ndarray, prompts: list[str]) -> list[dict[str, float]]:
         key = hash((images.tobytes(), tuple(prompts)))
         if key != self._cache_key:
-            self._cache = [score_image(im, parse_prompt(p)) for im, p in zip(images, prompts, strict=True)]
+            self._cache = score_images(images, [parse_prompt(p) for p in prompts])
             self._cache_key = key
         return self._cache
 

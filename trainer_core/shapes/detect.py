@@ -27,6 +27,7 @@ from trainer_core.shapes.render import PALETTE
 _PALETTE_NAMES = tuple(PALETTE)
 _PALETTE_RGB = np.asarray([PALETTE[c] for c in _PALETTE_NAMES], np.float32)  # [C, 3]
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
+_WITHIN_IMAGE = np.stack([np.zeros((3, 3), bool), _EIGHT_CONNECTED, np.zeros((3, 3), bool)])  # [N, H, W] labels
 
 TRIANGLE_SKEW_MAX = -0.28
 SQUARE_FILL_MIN = 0.89
@@ -42,21 +43,27 @@ class DetectedObject:
     area: int
 
 
-def estimate_background(image: np.ndarray) -> np.ndarray:
-    """Median colour of the one-pixel border, float32 [3]."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
-    return np.median(border, axis=0)
+def estimate_background(images: np.ndarray) -> np.ndarray:
+    """Median colour of each image's one-pixel border: float32 [N, 3] for images [N, H, W, 3]."""
+    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    return np.median(border.astype(np.float32), axis=1)
 
 
-def segment_colors(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pixel palette index [H, W], foreground mask [H, W] and alpha [H, W, C]."""
-    pixels = image.astype(np.float32)
-    background = estimate_background(image)
-    offset = pixels - background  # [H, W, 3]
-    directions = _PALETTE_RGB - background  # [C, 3]
-    alpha = np.einsum("hwk,ck->hwc", offset, directions) / np.einsum("ck,ck->c", directions, directions)
-    alpha = np.clip(alpha, 0.0, 1.0)  # [H, W, C]
-    residual = np.linalg.norm(offset[:, :, None, :] - alpha[..., None] * directions, axis=-1)  # [H, W, C]
+def segment_colors(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel palette index [N, H, W], foreground mask [N, H, W] and alpha [N, H, W, C] of images
+    [N, H, W, 3], each against its own background."""
+    pixels = images.astype(np.float32)
+    background = estimate_background(images)  # [N, 3]
+    offset = pixels - background[:, None, None, :]  # [N, H, W, 3]
+    directions = _PALETTE_RGB - background[:, None, :]  # [N, C, 3]
+    alpha = (
+        np.einsum("nhwk,nck->nhwc", offset, directions)
+        / np.einsum("nck,nck->nc", directions, directions)[:, None, None, :]
+    )
+    alpha = np.clip(alpha, 0.0, 1.0)  # [N, H, W, C]
+    residual = np.linalg.norm(
+        offset[..., None, :] - alpha[..., None] * directions[:, None, None], axis=-1
+    )  # [N, H, W, C]
     labels = residual.argmin(axis=-1)
     foreground = np.take_along_axis(alpha, labels[..., None], axis=-1)[..., 0] > 0.5
     return labels, foreground, alpha
@@ -80,27 +87,44 @@ def detect_objects(image: np.ndarray) -> list[DetectedObject]:
     """All objects in a uint8 [H, W, 3] image, ordered by position (top-left first)."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image: expected [H, W, 3], got shape {tuple(image.shape)}")
-    labels, foreground, alpha = segment_colors(image)
-    min_area = MIN_AREA_AT_32 * (image.shape[0] / 32) ** 2
-    objects: list[DetectedObject] = []
+    return detect_objects_batch(image[None])[0]
+
+
+def detect_objects_batch(images: np.ndarray) -> list[list[DetectedObject]]:
+    """`detect_objects` of every image of a uint8 [N, H, W, 3] batch. The arithmetic runs on the
+    whole batch at once (a reward scores 64 images per iteration; per-image calls spent most of their
+    time in numpy's call overhead) and components never join across images."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected [N, H, W, 3], got shape {tuple(images.shape)}")
+    labels, foreground, alpha = segment_colors(images)
+    height, width = images.shape[1:3]
+    min_area = MIN_AREA_AT_32 * (height / 32) ** 2
+    objects: list[list[DetectedObject]] = [[] for _ in images]
     for ci, color in enumerate(_PALETTE_NAMES):
-        components, _ = ndimage.label(foreground & (labels == ci), structure=_EIGHT_CONNECTED)
+        components, _ = ndimage.label(foreground & (labels == ci), structure=_WITHIN_IMAGE)
         for index, box in enumerate(ndimage.find_objects(components), start=1):
-            mask = components[box] == index
+            n, rows_box, cols_box = box[0].start, box[1], box[2]
+            mask = components[n, rows_box, cols_box] == index
             area = int(mask.sum())
             if area < min_area:
                 continue
             rows, cols = np.nonzero(mask)
-            objects.append(
+            # the object's box and its one-pixel rim, enough for the dilation of its mask
+            rim = (
+                slice(max(rows_box.start - 1, 0), min(rows_box.stop + 1, height)),
+                slice(max(cols_box.start - 1, 0), min(cols_box.stop + 1, width)),
+            )
+            soft = _soft_mask(components[n][rim] == index, alpha[n][rim][..., ci])
+            objects[n].append(
                 DetectedObject(
-                    shape=classify_shape(_soft_mask(components == index, alpha[..., ci])),
+                    shape=classify_shape(soft),
                     color=color,
-                    x=float(cols.mean() + box[1].start + 0.5),
-                    y=float(rows.mean() + box[0].start + 0.5),
+                    x=float(cols.mean() + cols_box.start + 0.5),
+                    y=float(rows.mean() + rows_box.start + 0.5),
                     area=area,
                 )
             )
-    return sorted(objects, key=lambda o: (o.y, o.x))
+    return [sorted(found, key=lambda o: (o.y, o.x)) for found in objects]
 
 
 def _soft_mask(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from trainer_core.adapters.base import DenoiserAdapter
 from trainer_core.shapes.grammar import CATEGORIES, SceneSpec
-from trainer_core.shapes.scoring import SCORE_NAMES, score_image
+from trainer_core.shapes.scoring import SCORE_NAMES, score_images
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def evaluate(
     for start in range(0, len(jobs), sampling.batch_size):
         batch = jobs[start : start + sampling.batch_size]
         images = generate_images(adapter, [s.prompt for s, _ in batch], [seed for _, seed in batch], sampling)
-        scores.extend(score_image(image, spec) for image, (spec, _) in zip(images, batch, strict=True))
+        scores.extend(score_images(images, [spec for spec, _ in batch]))
         if on_progress:
             on_progress(len(scores), len(jobs))
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from trainer_core.shapes.detect import DetectedObject, detect_objects
+from trainer_core.shapes.detect import DetectedObject, detect_objects, detect_objects_batch
 from trainer_core.shapes.grammar import SceneSpec
 
 SCORE_NAMES: tuple[str, ...] = ("geneval", "partial", "count", "color", "position")
@@ -76,3 +76,10 @@ def score_objects(objects: list[DetectedObject], spec: SceneSpec) -> dict[str, f
 def score_image(image: np.ndarray, spec: SceneSpec) -> dict[str, float]:
     """Detect objects in a uint8 [H, W, 3] image and score them against `spec`."""
     return score_objects(detect_objects(image), spec)
+
+
+def score_images(images: np.ndarray, specs: list[SceneSpec]) -> list[dict[str, float]]:
+    """`score_image` of every image of a uint8 [N, H, W, 3] batch against its spec, detected as one batch."""
+    if len(images) != len(specs):
+        raise ValueError(f"specs: expected one per image ({len(images)}), got {len(specs)}")
+    return [score_objects(found, spec) for found, spec in zip(detect_objects_batch(images), specs, strict=True)]
