@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--marks", type=int, default=6, help="LoRA snapshots per run, evenly spaced in training time")
     speed.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
     speed.add_argument("--eval-seeds", type=int, default=2)
+    speed.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="METHOD=FILE.yaml",
+        help="train METHOD from this YAML config instead of its preset (repeatable)",
+    )
     speed.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
     speed.add_argument("--device", default="auto")
     speed.add_argument("--out", type=Path, required=True, help="directory for speed.json, the plot and speed.md")
@@ -341,9 +348,21 @@ def bench_speed(args: argparse.Namespace) -> None:
     if args.seeds < 1 or args.marks < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
         raise CliError("--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    configs = method_configs(methods, args.model, args.device)
+    files: dict[str, Path] = {}
+    for item in args.config:
+        method, sep, file = item.partition("=")
+        if not sep or not file:
+            raise CliError(f"--config: expected METHOD=FILE.yaml, got {item!r}")
+        files[method.strip()] = Path(file)
+    configs = method_configs(methods, args.model, args.device, files)
     report = speed_benchmark(
-        configs, args.budget_minutes, list(range(args.seeds)), args.marks, args.eval_per_category, args.eval_seeds
+        configs,
+        args.budget_minutes,
+        list(range(args.seeds)),
+        args.marks,
+        args.eval_per_category,
+        args.eval_seeds,
+        sources={method: str(file) for method, file in files.items()},
     )
     print(write_speed_report(report, args.out))
     print(f"wrote {args.out}/speed.json, speed.md, accuracy_vs_wall_clock.png")

@@ -19,7 +19,7 @@ from studio.bench.speed import (
     write_speed_report,
 )
 from studio.cli import main
-from trainer_core.config import MixGRPOConfig, RolloutConfig
+from trainer_core.config import MixGRPOConfig, RolloutConfig, dump_config, load_preset
 from trainer_core.shapes.grammar import CATEGORIES
 
 
@@ -120,3 +120,23 @@ def test_speed_cli_refuses_bad_arguments(tmp_path, capsys):
     assert "--budget-minutes" in capsys.readouterr().err
     assert main(["bench", "speed", "--budget-minutes", "1", "--methods", "vgrpo", "--out", str(tmp_path)]) == 2
     assert "flow-grpo" in capsys.readouterr().err
+
+
+def test_a_method_can_train_from_a_config_file_instead_of_its_preset(tmp_path, capsys):
+    preset = load_preset("shapes-geneval-flow-grpo")
+    tuned = dataclasses.replace(preset, optimizer=dataclasses.replace(preset.optimizer, learning_rate=5e-4))
+    path = tmp_path / "flow.yaml"
+    path.write_text(dump_config(tuned))
+    configs = method_configs(["vgrpo", "flow-grpo"], files={"flow-grpo": path})
+    assert configs["flow-grpo"].optimizer.learning_rate == 5e-4
+    assert configs["vgrpo"].optimizer.learning_rate == load_preset("shapes-geneval").optimizer.learning_rate
+
+    with pytest.raises(ValueError, match="not 'vgrpo'"):
+        method_configs(["vgrpo", "flow-grpo"], files={"vgrpo": path})
+    with pytest.raises(ValueError, match="--config: 'mix-grpo' is not among --methods"):
+        method_configs(["vgrpo", "flow-grpo"], files={"mix-grpo": path})
+    args = ["bench", "speed", "--budget-minutes", "1", "--out", str(tmp_path)]
+    assert main([*args, "--config", "flow-grpo"]) == 2
+    assert "METHOD=FILE.yaml" in capsys.readouterr().err
+    assert main([*args, "--config", f"flow-grpo={tmp_path / 'missing.yaml'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err

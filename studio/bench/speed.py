@@ -27,7 +27,7 @@ from studio.training import build_rewards
 from trainer_core.adapters import load_adapter, resolve_device
 from trainer_core.adapters.base import DenoiserAdapter
 from trainer_core.algorithms import make_trainer
-from trainer_core.config import TrainConfig, load_preset, to_dict
+from trainer_core.config import TrainConfig, load_config, load_preset, to_dict
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate
 from trainer_core.shapes.grammar import CATEGORIES, SceneSpec
 from trainer_core.shapes.prompt_sets import load_heldout
@@ -169,14 +169,23 @@ def curve_reaching(curve: list[dict[str, float]], target: float) -> dict[str, fl
     return next((p for p in curve if p["mark"] >= 1 and p["accuracy"] >= target - 1e-9), None)
 
 
-def method_configs(methods: list[str], model: str | None = None, device: str = "auto") -> dict[str, TrainConfig]:
-    """Each method's tuned preset, with an unbounded iteration count (the budget stops it)."""
-    unknown = [m for m in methods if m not in METHOD_PRESETS]
+def method_configs(
+    methods: list[str], model: str | None = None, device: str = "auto", files: dict[str, Path] | None = None
+) -> dict[str, TrainConfig]:
+    """Each method's tuned preset, or the YAML config `files` names for it, with an unbounded iteration
+    count (the budget stops it)."""
+    files = files or {}
+    unknown = [m for m in [*methods, *files] if m not in METHOD_PRESETS]
     if unknown:
         raise ValueError(f"--methods: unknown {unknown[0]!r}; allowed: {', '.join(METHOD_PRESETS)}")
+    unused = [m for m in files if m not in methods]
+    if unused:
+        raise ValueError(f"--config: {unused[0]!r} is not among --methods ({', '.join(methods)})")
     configs = {}
     for method in methods:
-        config = load_preset(METHOD_PRESETS[method])
+        config = load_config(files[method]) if method in files else load_preset(METHOD_PRESETS[method])
+        if config.algorithm != method:
+            raise ValueError(f"--config: {files[method]} trains algorithm {config.algorithm!r}, not {method!r}")
         model_config = dataclasses.replace(config.model, name=model or config.model.name, device=device)
         configs[method] = dataclasses.replace(config, iterations=10**6, model=model_config)
     return configs
@@ -250,8 +259,10 @@ def speed_benchmark(
     eval_per_category: int = 20,
     eval_seeds: int = 2,
     log: Callable[[str], None] = print,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """Run every method (`configs`: method -> its config) for every seed under the budget."""
+    """Run every method (`configs`: method -> its config) for every seed under the budget. `sources`
+    names where a method's config came from when not from its preset (recorded in the report)."""
     if TARGET_METHOD not in configs:
         raise ValueError(f"--methods: must include {TARGET_METHOD}, whose best accuracy is the target")
     budget_s = budget_minutes * 60
@@ -274,7 +285,10 @@ def speed_benchmark(
             base_accuracy[model] = snapshots[0].accuracy  # type: ignore[assignment]
             runs[method].append(snapshots)
             log(f"[{method} seed {seed}] accuracy " + " ".join(f"{s.accuracy:.3f}" for s in snapshots))
-        results[method] = {"preset": METHOD_PRESETS.get(method), "config": to_dict(config)}
+        source = (sources or {}).get(method)
+        results[method] = {"preset": None if source else METHOD_PRESETS.get(method), "config": to_dict(config)}
+        if source:
+            results[method]["config_file"] = source
     device = next(iter(configs.values())).model.device
 
     target, speedups, summaries = summarize_runs(runs, seeds, marks)
