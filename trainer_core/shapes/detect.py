@@ -56,14 +56,11 @@ def segment_colors(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     background = estimate_background(images)  # [N, 3]
     offset = pixels - background[:, None, None, :]  # [N, H, W, 3]
     directions = _PALETTE_RGB - background[:, None, :]  # [N, C, 3]
-    alpha = (
-        np.einsum("nhwk,nck->nhwc", offset, directions)
-        / np.einsum("nck,nck->nc", directions, directions)[:, None, None, :]
-    )
-    alpha = np.clip(alpha, 0.0, 1.0)  # [N, H, W, C]
-    residual = np.linalg.norm(
-        offset[..., None, :] - alpha[..., None] * directions[:, None, None], axis=-1
-    )  # [N, H, W, C]
+    projection = np.einsum("nhwk,nck->nhwc", offset, directions)  # offset . direction
+    length2 = np.einsum("nck,nck->nc", directions, directions)[:, None, None, :]
+    alpha = np.clip(projection / length2, 0.0, 1.0)  # [N, H, W, C]
+    # |offset - alpha direction|^2, expanded: no [N, H, W, C, 3] temporary
+    residual = (offset * offset).sum(-1, keepdims=True) - 2 * alpha * projection + alpha * alpha * length2
     labels = residual.argmin(axis=-1)
     foreground = np.take_along_axis(alpha, labels[..., None], axis=-1)[..., 0] > 0.5
     return labels, foreground, alpha
@@ -91,9 +88,9 @@ def detect_objects(image: np.ndarray) -> list[DetectedObject]:
 
 
 def detect_objects_batch(images: np.ndarray) -> list[list[DetectedObject]]:
-    """`detect_objects` of every image of a uint8 [N, H, W, 3] batch. The arithmetic runs on the
-    whole batch at once (a reward scores 64 images per iteration; per-image calls spent most of their
-    time in numpy's call overhead) and components never join across images."""
+    """`detect_objects` of every image of a uint8 [N, H, W, 3] batch: the colour arithmetic runs on the
+    whole batch at once, and each colour's components are labelled in one call for all images (never
+    joining across them); what remains per object is its shape and centroid."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images: expected [N, H, W, 3], got shape {tuple(images.shape)}")
     labels, foreground, alpha = segment_colors(images)
@@ -129,7 +126,19 @@ def detect_objects_batch(images: np.ndarray) -> list[list[DetectedObject]]:
 
 def _soft_mask(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Alpha of one object over its mask grown by a pixel (its anti-aliased rim), cropped."""
-    grown = ndimage.binary_dilation(mask, structure=_EIGHT_CONNECTED)
+    grown = _grow_by_one(mask)
     rows, cols = np.nonzero(grown)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     return np.where(grown, alpha, 0.0)[box]
+
+
+def _grow_by_one(mask: np.ndarray) -> np.ndarray:
+    """Binary dilation by the 3x3 square (outside counts as empty): the OR of the nine shifts, which on
+    masks this small costs a tenth of scipy's general dilation."""
+    padded = np.pad(mask, 1)
+    height, width = mask.shape
+    grown = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy : dy + height, dx : dx + width]
+    return grown
