@@ -330,7 +330,7 @@ def _ratio(speedups: dict[str, float], method: str) -> str:
 def speed_rows(report: dict[str, object]) -> list[dict[str, object]]:
     rows = []
     for method, result in report["methods"].items():  # type: ignore[union-attr]
-        hit = result["mean_curve_to_target"]
+        hit = result.get("mean_curve_to_target")  # absent from reports written before it existed
         rows.append(
             {
                 "method": method,
