@@ -126,19 +126,7 @@ def detect_objects_batch(images: np.ndarray) -> list[list[DetectedObject]]:
 
 def _soft_mask(mask: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Alpha of one object over its mask grown by a pixel (its anti-aliased rim), cropped."""
-    grown = _grow_by_one(mask)
+    grown = ndimage.binary_dilation(mask, structure=_EIGHT_CONNECTED)
     rows, cols = np.nonzero(grown)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
     return np.where(grown, alpha, 0.0)[box]
-
-
-def _grow_by_one(mask: np.ndarray) -> np.ndarray:
-    """Binary dilation by the 3x3 square (outside counts as empty): the OR of the nine shifts, which on
-    masks this small costs a tenth of scipy's general dilation."""
-    padded = np.pad(mask, 1)
-    height, width = mask.shape
-    grown = np.zeros_like(mask)
-    for dy in range(3):
-        for dx in range(3):
-            grown |= padded[dy : dy + height, dx : dx + width]
-    return grown
