@@ -12,6 +12,7 @@ from studio.bench.speed import (
     Snapshot,
     first_reaching,
     heldout_subset,
+    judge_target,
     method_configs,
     speed_benchmark,
     summarize_runs,
@@ -74,6 +75,32 @@ def test_no_speedup_when_flow_grpo_does_not_beat_the_base_model():
     assert summaries["vgrpo"]["time_to_target_s"]["reached"] == "0/1"
 
 
+def test_a_target_within_two_standard_errors_of_the_base_is_flagged_as_noise(tmp_path):
+    # 100 prompts x 2 evaluation seeds, 2 training seeds: standard error at most sqrt(1/4 / 400) = 0.025
+    close = {"accuracy": 0.5125, "base_accuracy": 0.5, "improves_on_base": True}
+    judge_target(close, n_images=200, seeds=2)
+    assert close["standard_error"] == pytest.approx(0.025)
+    assert close["lift_over_base"] == pytest.approx(0.0125) and not close["clear_of_noise"]
+    clear = {"accuracy": 0.56, "base_accuracy": 0.5, "improves_on_base": True}
+    judge_target(clear, n_images=200, seeds=2)
+    assert clear["clear_of_noise"]
+
+    runs = {"vgrpo": [_run([0.5, 0.6], 60)], "flow-grpo": [_run([0.5, 0.5125], 60)]}
+    target, speedups, summaries = summarize_runs(runs, [0], marks=1)
+    judge_target(target, n_images=200, seeds=1)
+    methods = {m: {**s, "config": {}} for m, s in summaries.items()}
+    report = {
+        "budget_s": 60,
+        "seeds": [0],
+        "device": "cpu",
+        "target": target,
+        "methods": methods,
+        "speedup_of_vgrpo": speedups,
+    }
+    write_speed_report(report, tmp_path)
+    assert "**inside** the evaluation noise" in (tmp_path / "speed.md").read_text()
+
+
 @pytest.mark.slow
 def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkeypatch):
     evaluations = []
@@ -100,6 +127,8 @@ def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkey
             assert snaps[-1]["wall_s"] >= budget and snaps[-1]["mark"] == 2
             assert all(a["wall_s"] < b["wall_s"] and a["nfe"] < b["nfe"] for a, b in itertools.pairwise(snaps))
             assert all(0.0 <= s["accuracy"] <= 1.0 for s in snaps)
+    n_images = len(CATEGORIES) * 1 * 1  # one prompt per category, one evaluation seed
+    assert report["target"]["standard_error"] == pytest.approx((0.25 / (n_images * 2)) ** 0.5)
     flow_curve = report["methods"]["flow-grpo"]["mean_curve"]
     assert report["target"]["accuracy"] == max(p["accuracy"] for p in flow_curve[1:])
     if report["target"]["improves_on_base"]:

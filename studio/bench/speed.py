@@ -227,6 +227,23 @@ def summarize_runs(
     return target, vgrpo_speedups(summaries), summaries
 
 
+def accuracy_standard_error(n_images: int, seeds: int) -> float:
+    """An upper bound on the standard error of held-out accuracy averaged over `seeds` training runs,
+    each evaluated on `n_images` images: every image passes or fails, and a pass rate's variance
+    p(1 - p) / n is at most 1 / (4n) (category means of equal size share the bound). It counts the
+    evaluation's noise only, not the spread between training seeds."""
+    return math.sqrt(0.25 / (n_images * seeds))
+
+
+def judge_target(target: dict[str, object], n_images: int, seeds: int) -> None:
+    """Add to `target` how far it lies above the base model and whether that lift is clear of the
+    evaluation's noise (at least two standard errors of the seed-averaged accuracy): a target inside
+    the noise makes every time-to-target a reading of luck."""
+    lift = float(target["accuracy"]) - float(target["base_accuracy"])  # type: ignore[arg-type]
+    noise = accuracy_standard_error(n_images, seeds)
+    target.update(lift_over_base=lift, standard_error=noise, clear_of_noise=bool(lift >= 2 * noise))
+
+
 def vgrpo_speedups(summaries: dict[str, dict[str, object]], per_seed: bool = False) -> dict[str, float]:
     """Each other method's time to the target over V-GRPO's (methods that reached it): where the mean
     curves first reach it, or (`per_seed`) the means of each seed's first crossing."""
@@ -292,6 +309,7 @@ def speed_benchmark(
     device = next(iter(configs.values())).model.device
 
     target, speedups, summaries = summarize_runs(runs, seeds, marks)
+    judge_target(target, len(specs) * eval_seeds, len(seeds))
     for method, summary in summaries.items():
         results[method].update(summary)
     per_seed_speedups = vgrpo_speedups(summaries, per_seed=True)
@@ -379,8 +397,11 @@ def plot_accuracy_vs_time(report: dict[str, object], path: Path) -> None:
         for run in result["runs"]:
             points = run["snapshots"]
             ax.plot([p["wall_s"] for p in points], [p["accuracy"] for p in points], color=line.get_color(), alpha=0.25)
-    target = report["target"]["accuracy"]  # type: ignore[index]
-    ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target ({TARGET_METHOD} best)")
+    target = report["target"]  # type: ignore[index]
+    ax.axhline(target["accuracy"], color="gray", linestyle="--", linewidth=1, label=f"target ({TARGET_METHOD} best)")
+    if "standard_error" in target:
+        base, noise = target["base_accuracy"], 2 * target["standard_error"]
+        ax.axhspan(base - noise, base + noise, color="gray", alpha=0.12, label="base ± 2 s.e. (evaluation noise)")
     ax.set_xlabel("training wall-clock (s)")
     ax.set_ylabel("held-out accuracy (overall)")
     ax.set_title(f"shapes world, {report['device']}")
@@ -406,6 +427,13 @@ def write_speed_report(report: dict[str, object], out: Path) -> str:
         else f"{TARGET_METHOD} did not improve on the base model ({target['base_accuracy']:.3f}) within the budget "
         f"(best {target['accuracy']:.3f}), so there is no target to reach and no speedup."
     )
+    if target["improves_on_base"] and "standard_error" in target:  # absent from reports written before it
+        verdict += (
+            f" The target lies {target['lift_over_base']:.3f} above the base; the evaluation's standard error "
+            f"of a seed-averaged accuracy is at most {target['standard_error']:.3f}, so the target is "
+            + ("clear of" if target["clear_of_noise"] else "**inside**")
+            + " the evaluation noise (two standard errors)."
+        )
     setup = f"Budget {report['budget_s']:.0f} s per run, seeds {report['seeds']}, {report['device']}."
     (out / "speed.md").write_text(f"{setup} {verdict}\n\n{table}\n")
     return format_rows(speed_rows(report), SPEED_COLUMNS)
