@@ -14,14 +14,12 @@ from studio.bench.speed import evaluate_snapshots, heldout_subset, train_with_bu
 from trainer_core.config import load_config
 from trainer_core.shapes.evaluation import SamplingConfig
 
-BASE_ACCURACY = 0.5  # shapes-base on the 20-per-category subset, 2 seeds (bench/results/speed-9min/)
-
 
 def main(path: str, minutes: float, marks: int, seed: int, out: str) -> None:
     config = dataclasses.replace(load_config(path), seed=seed)
     run = train_with_budget(config, minutes * 60, marks)
     print(f"{run.snapshots[-1].iteration} iterations; evaluating", flush=True)
-    evaluate_snapshots(run.adapter, run.snapshots, run.states, heldout_subset(20), 2, SamplingConfig(), BASE_ACCURACY)
+    evaluate_snapshots(run.adapter, run.snapshots, run.states, heldout_subset(20), 2, SamplingConfig())
     for s in run.snapshots:
         print(
             f"mark {s.mark}: {s.wall_s:.0f} s, iteration {s.iteration}, train reward {s.train_reward:.3f}, "
