@@ -309,12 +309,31 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def bench_ablation(args: argparse.Namespace) -> None:
     from studio.bench import format_rows, write_report
-    from studio.bench.ablation import ABLATION_COLUMNS, VARIANTS, ablation_benchmark
+    from studio.bench.ablation import ABLATION_COLUMNS, VARIANTS, ablation_benchmark, ablation_settings, resumable_rows
 
     if args.iterations < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
         raise CliError("--iterations, --eval-per-category, --eval-seeds: must be at least 1")
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else list(VARIANTS)
-    report = ablation_benchmark(variants, args.iterations, args.seed, args.eval_per_category, args.eval_seeds)
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise CliError(f"--variants: unknown {variant!r}; allowed: {', '.join(VARIANTS)}")
+    measured = []
+    if args.out.exists():
+        # an earlier run into the same file, perhaps interrupted: keep its rows, train only the rest
+        settings = ablation_settings(args.iterations, args.seed, args.eval_per_category, args.eval_seeds)
+        try:
+            measured = resumable_rows(json.loads(args.out.read_text()), settings)
+        except (ValueError, json.JSONDecodeError) as error:
+            raise CliError(f"{args.out}: {error}") from error
+    report = ablation_benchmark(
+        variants,
+        args.iterations,
+        args.seed,
+        args.eval_per_category,
+        args.eval_seeds,
+        measured=measured,
+        on_progress=lambda partial: write_report(partial, args.out),
+    )
     write_report(report, args.out)
     print(format_rows(report["results"], ABLATION_COLUMNS))
     print(f"wrote {args.out}")

@@ -1,9 +1,12 @@
 """`vgrpo bench ablation` and `vgrpo bench throughput` on the tiny model."""
 
+import json
+
 import pytest
 
-from studio.bench.ablation import VARIANTS, ablation_benchmark, variant_config
+from studio.bench.ablation import VARIANTS, ablation_benchmark, ablation_settings, resumable_rows, variant_config
 from studio.bench.throughput import throughput_benchmark
+from studio.cli import main
 from trainer_core.config import load_preset
 
 
@@ -20,20 +23,42 @@ def test_each_variant_changes_only_its_vgrpo_fields():
 
 
 @pytest.mark.slow
-def test_ablation_reports_accuracy_and_surrogate_cv(tiny_config):
+def test_ablation_reports_accuracy_and_surrogate_cv_and_resumes(tiny_config):
+    progress: list[dict] = []
+    kwargs = {"iterations": 2, "eval_per_category": 1, "eval_seeds": 1, "base": tiny_config()}
     report = ablation_benchmark(
-        ["default", "no pair sharing"],
-        iterations=2,
-        eval_per_category=1,
-        eval_seeds=1,
-        base=tiny_config(),
-        log=lambda line: None,
+        ["default", "no pair sharing"], log=lambda line: None, on_progress=progress.append, **kwargs
     )
     rows = {r["variant"]: r for r in report["results"]}
     assert set(rows) == {"default", "no pair sharing"}
     for row in rows.values():
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["surrogate_cv_within_group"] > 0
+    # a report after each variant: an interrupted run keeps the variants it finished
+    assert [len(p["results"]) for p in progress] == [1, 2]
+    assert [p["complete"] for p in progress] == [False, True]
+
+    # resuming from the interrupted report trains only the missing variant
+    lines: list[str] = []
+    kept = resumable_rows(progress[0], ablation_settings(2, 0, 1, 1))
+    resumed = ablation_benchmark(["default", "no pair sharing"], log=lines.append, measured=kept, **kwargs)
+    assert resumed["complete"] and resumed["results"][0] == rows["default"]
+    assert [line for line in lines if "iterations" in line] == ["[no pair sharing] 2 iterations"]
+
+
+def test_ablation_refuses_to_mix_settings_and_keeps_the_stored_report(tmp_path):
+    stored = {"benchmark": "ablation", **ablation_settings(60, 0, 20, 2), "results": [{"variant": "default"}]}
+    assert resumable_rows(stored, ablation_settings(60, 0, 20, 2)) == [{"variant": "default"}]
+    with pytest.raises(ValueError, match=r"iterations=60 \(now 40\)"):
+        resumable_rows(stored, ablation_settings(40, 0, 20, 2))
+    with pytest.raises(ValueError, match="not an ablation report"):
+        resumable_rows({"benchmark": "speed"}, ablation_settings(60, 0, 20, 2))
+
+    out = tmp_path / "ablation.json"
+    out.write_text(json.dumps(stored))
+    assert main(["bench", "ablation", "--iterations", "40", "--out", str(out)]) == 2
+    assert main(["bench", "ablation", "--variants", "n_mc=3", "--out", str(out)]) == 2
+    assert json.loads(out.read_text()) == stored
 
 
 def test_throughput_splits_an_iteration(tiny_config):

@@ -30,5 +30,8 @@ def format_rows(rows: list[dict[str, object]], columns: list[str]) -> str:
 
 
 def write_report(report: dict[str, object], out: Path) -> None:
+    """Write `out` whole or not at all: an interrupted write leaves the previous report intact."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2))
+    partial.replace(out)

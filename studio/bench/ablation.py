@@ -44,6 +44,31 @@ def variant_config(base: TrainConfig, variant: str, iterations: int) -> TrainCon
     return dataclasses.replace(base, iterations=iterations, vgrpo=dataclasses.replace(base.vgrpo, **VARIANTS[variant]))
 
 
+def ablation_settings(iterations: int, seed: int, eval_per_category: int, eval_seeds: int) -> dict[str, object]:
+    """What a row's numbers depend on besides its variant: rows measured under other settings don't mix."""
+    return {
+        "preset": "shapes-geneval",
+        "iterations": iterations,
+        "seed": seed,
+        "evaluation": {"prompts": len(heldout_subset(eval_per_category)), "seeds": eval_seeds},
+    }
+
+
+def resumable_rows(previous: dict[str, object], settings: dict[str, object]) -> list[dict[str, object]]:
+    """The rows of an earlier (possibly interrupted) report that this run can keep.
+
+    Raises ValueError when the earlier report was measured under other settings: continuing would
+    overwrite it with a table whose rows are not comparable.
+    """
+    if previous.get("benchmark") != "ablation":
+        raise ValueError("--out: the file exists and is not an ablation report; choose another --out")
+    stored = {k: previous.get(k) for k in settings}
+    if stored != settings:
+        differing = ", ".join(f"{k}={stored[k]} (now {settings[k]})" for k in settings if stored[k] != settings[k])
+        raise ValueError(f"--out: the file holds an ablation measured with {differing}; choose another --out")
+    return list(previous.get("results", []))
+
+
 def ablation_benchmark(
     variants: list[str],
     iterations: int,
@@ -52,37 +77,50 @@ def ablation_benchmark(
     eval_seeds: int = 2,
     base: TrainConfig | None = None,
     log: Callable[[str], None] = print,
+    measured: list[dict[str, object]] | None = None,
+    on_progress: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
+    """Train and evaluate each variant in turn.
+
+    `measured` holds rows of an earlier run under the same settings (see `resumable_rows`); their
+    variants are not trained again. `on_progress` receives the report after every variant, so an
+    interrupted run keeps what it finished.
+    """
     base = base or load_preset("shapes-geneval")
     configs = {v: dataclasses.replace(variant_config(base, v, iterations), seed=seed) for v in variants}
     specs = heldout_subset(eval_per_category)
-    rows = []
+    done = {row["variant"]: row for row in measured or [] if row["variant"] in configs}
+
+    def report() -> dict[str, object]:
+        return {
+            "benchmark": "ablation",
+            "device": device_name(str(resolve_device(base.model.device))),
+            **ablation_settings(iterations, seed, eval_per_category, eval_seeds),
+            "complete": all(v in done for v in configs),
+            "results": [done[v] for v in configs if v in done],
+        }
+
     for variant, config in configs.items():
+        if variant in done:
+            log(f"[{variant}] kept from the earlier run: accuracy {done[variant]['accuracy']}")
+            continue
         log(f"[{variant}] {iterations} iterations")
         run = train_with_budget(config, math.inf, marks=1, max_iterations=iterations)
-        adapter, snapshots, history = run.adapter, run.snapshots, run.history
+        history = run.history
         cvs = [m["surrogate_cv_within_group"] for m in history]
-        accuracy = evaluate(adapter, specs, eval_seeds, SamplingConfig()).accuracy["overall"]
-        rows.append(
-            {
-                "variant": variant,
-                "changes": VARIANTS[variant],
-                "accuracy": round(accuracy, 4),
-                "surrogate_cv_within_group": round(float(np.mean(cvs)), 4),
-                "train_reward_last10": round(float(np.mean([m["reward_mean"] for m in history[-10:]])), 4),
-                "wall_s": round(snapshots[-1].wall_s, 1),
-            }
-        )
+        accuracy = evaluate(run.adapter, specs, eval_seeds, SamplingConfig()).accuracy["overall"]
+        done[variant] = {
+            "variant": variant,
+            "changes": VARIANTS[variant],
+            "accuracy": round(accuracy, 4),
+            "surrogate_cv_within_group": round(float(np.mean(cvs)), 4),
+            "train_reward_last10": round(float(np.mean([m["reward_mean"] for m in history[-10:]])), 4),
+            "wall_s": round(run.snapshots[-1].wall_s, 1),
+        }
         log(f"[{variant}] accuracy {accuracy:.3f}, within-group CV {np.mean(cvs):.3f}")
-    return {
-        "benchmark": "ablation",
-        "device": device_name(str(resolve_device(base.model.device))),
-        "preset": "shapes-geneval",
-        "iterations": iterations,
-        "seed": seed,
-        "evaluation": {"prompts": len(specs), "seeds": eval_seeds},
-        "results": rows,
-    }
+        if on_progress is not None:
+            on_progress(report())
+    return report()
 
 
 ABLATION_COLUMNS = ["variant", "accuracy", "surrogate_cv_within_group", "train_reward_last10", "wall_s"]
