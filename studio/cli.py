@@ -308,7 +308,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def bench_ablation(args: argparse.Namespace) -> None:
-    from studio.bench import format_rows, write_report
+    from studio.bench import format_rows
     from studio.bench.ablation import ABLATION_COLUMNS, VARIANTS, ablation_benchmark, ablation_settings, resumable_rows
 
     if args.iterations < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
@@ -332,11 +332,19 @@ def bench_ablation(args: argparse.Namespace) -> None:
         args.eval_per_category,
         args.eval_seeds,
         measured=measured,
-        on_progress=lambda partial: write_report(partial, args.out),
+        on_progress=lambda partial: write_ablation(partial, args.out),
     )
-    write_report(report, args.out)
+    write_ablation(report, args.out)
     print(format_rows(report["results"], ABLATION_COLUMNS))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+def write_ablation(report: dict[str, object], out: Path) -> None:
+    from studio.bench import write_report
+    from studio.bench.ablation import ablation_markdown
+
+    write_report(report, out)
+    out.with_suffix(".md").write_text(ablation_markdown(report))
 
 
 def bench_throughput(args: argparse.Namespace) -> None:

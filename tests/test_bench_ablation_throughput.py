@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from studio.bench.ablation import VARIANTS, ablation_benchmark, ablation_settings, resumable_rows, variant_config
+from studio.bench.ablation import (
+    VARIANTS,
+    ablation_benchmark,
+    ablation_markdown,
+    ablation_settings,
+    resumable_rows,
+    variant_config,
+)
 from studio.bench.throughput import throughput_benchmark
 from studio.cli import main
 from trainer_core.config import load_preset
@@ -59,6 +66,34 @@ def test_ablation_refuses_to_mix_settings_and_keeps_the_stored_report(tmp_path):
     assert main(["bench", "ablation", "--iterations", "40", "--out", str(out)]) == 2
     assert main(["bench", "ablation", "--variants", "n_mc=3", "--out", str(out)]) == 2
     assert json.loads(out.read_text()) == stored
+
+
+def test_a_partial_run_keeps_the_other_variants_rows_and_reports_its_noise(tiny_config):
+    measured = [
+        {
+            "variant": "n_mc=8",
+            "accuracy": 0.61,
+            "surrogate_cv_within_group": 0.2,
+            "train_reward_last10": 0.5,
+            "wall_s": 9,
+        },
+        {
+            "variant": "default",
+            "accuracy": 0.6,
+            "surrogate_cv_within_group": 0.3,
+            "train_reward_last10": 0.5,
+            "wall_s": 5,
+        },
+    ]
+    report = ablation_benchmark([], 40, eval_per_category=20, eval_seeds=2, base=tiny_config(), measured=measured)
+    assert [r["variant"] for r in report["results"]] == ["default", "n_mc=8"]  # in the table's order
+    assert report["evaluation"] == {"prompts": 100, "seeds": 2}
+    text = ablation_markdown(report)
+    # 200 images: standard error sqrt(1/800) = 0.035, differences under 0.07 are noise
+    assert "standard error at most 0.035" in text and "closer than 0.07" in text
+    assert "| default | 0.6 | 0.3 | 0.5 | 5 |" in text
+    assert "interrupted" not in text
+    assert "interrupted" in ablation_markdown({**report, "complete": False})
 
 
 def test_throughput_splits_an_iteration(tiny_config):

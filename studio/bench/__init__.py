@@ -29,6 +29,12 @@ def format_rows(rows: list[dict[str, object]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def write_report(report: dict[str, object], out: Path) -> None:
     """Write `out` whole or not at all: an interrupted write leaves the previous report intact."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from studio.bench import device_name
-from studio.bench.speed import heldout_subset, train_with_budget
+from studio.bench import device_name, markdown_table
+from studio.bench.speed import accuracy_standard_error, heldout_subset, train_with_budget
 from trainer_core.adapters import resolve_device
 from trainer_core.config import TrainConfig, load_preset
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate
@@ -83,21 +83,22 @@ def ablation_benchmark(
     """Train and evaluate each variant in turn.
 
     `measured` holds rows of an earlier run under the same settings (see `resumable_rows`); their
-    variants are not trained again. `on_progress` receives the report after every variant, so an
-    interrupted run keeps what it finished.
+    variants are not trained again, and rows of variants outside `variants` stay in the report.
+    `on_progress` receives the report after every variant, so an interrupted run keeps what it finished.
     """
     base = base or load_preset("shapes-geneval")
     configs = {v: dataclasses.replace(variant_config(base, v, iterations), seed=seed) for v in variants}
     specs = heldout_subset(eval_per_category)
-    done = {row["variant"]: row for row in measured or [] if row["variant"] in configs}
+    done = {row["variant"]: row for row in measured or []}
 
     def report() -> dict[str, object]:
+        order = list(VARIANTS) + [v for v in done if v not in VARIANTS]
         return {
             "benchmark": "ablation",
             "device": device_name(str(resolve_device(base.model.device))),
             **ablation_settings(iterations, seed, eval_per_category, eval_seeds),
             "complete": all(v in done for v in configs),
-            "results": [done[v] for v in configs if v in done],
+            "results": [done[v] for v in order if v in done],
         }
 
     for variant, config in configs.items():
@@ -124,3 +125,25 @@ def ablation_benchmark(
 
 
 ABLATION_COLUMNS = ["variant", "accuracy", "surrogate_cv_within_group", "train_reward_last10", "wall_s"]
+
+
+def ablation_markdown(report: dict[str, object]) -> str:
+    """The table with what it was measured on, and the size of the evaluation's noise."""
+    evaluation = report["evaluation"]  # type: ignore[index]
+    n_images = evaluation["prompts"] * evaluation["seeds"]
+    noise = accuracy_standard_error(n_images, seeds=1)
+    status = "" if report.get("complete", True) else " (interrupted: rerun the same command to finish)"
+    return "\n".join(
+        [
+            f"# Ablation of V-GRPO on {report['preset']}{status}",
+            "",
+            f"{report['iterations']} iterations per variant, training seed {report['seed']}, on {report['device']}; "
+            f"held-out accuracy on {evaluation['prompts']} prompts x {evaluation['seeds']} evaluation seeds "
+            f"({n_images} images: standard error at most {noise:.3f}, so accuracies closer than {2 * noise:.2f} "
+            "are not told apart by one run). `surrogate_cv_within_group`: the mean over iterations of the "
+            "surrogate's coefficient of variation within a group (lower: less noisy likelihood ratios).",
+            "",
+            markdown_table(report["results"], ABLATION_COLUMNS),  # type: ignore[arg-type]
+            "",
+        ]
+    )

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from studio.bench import device_name, format_rows, write_report
+from studio.bench import device_name, format_rows, markdown_table, write_report
 from studio.training import build_rewards
 from trainer_core.adapters import load_adapter, resolve_device
 from trainer_core.adapters.base import DenoiserAdapter
@@ -376,12 +376,6 @@ SPEED_COLUMNS = [
     "vgrpo_speedup",
     "per_seed_speedup",
 ]
-
-
-def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def plot_accuracy_vs_time(report: dict[str, object], path: Path) -> None:
