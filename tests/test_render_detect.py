@@ -2,8 +2,9 @@ import random
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from trainer_core.shapes.detect import detect_objects, detect_objects_batch
+from trainer_core.shapes.detect import component_features, detect_objects, detect_objects_batch, segment_colors
 from trainer_core.shapes.grammar import parse_prompt, sample_spec
 from trainer_core.shapes.render import PlacedObject, render_scene, render_spec
 from trainer_core.shapes.scoring import relation_holds, score_image, score_images
@@ -97,3 +98,41 @@ def test_batch_detection_equals_one_image_at_a_time():
     assert score_images(batch, specs) == [score_image(image, spec) for image, spec in zip(images, specs, strict=True)]
     with pytest.raises(ValueError, match="specs"):
         score_images(batch, specs[:-1])
+
+
+def _features_one_at_a_time(components: np.ndarray, index: int, alpha: np.ndarray) -> tuple[float, ...]:
+    """The features of one component, computed directly from its own masks."""
+    n = int(np.flatnonzero((components == index).any(axis=(1, 2)))[0])
+    mask = components[n] == index
+    rows, cols = np.nonzero(mask)
+    grown = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
+    soft = np.where(grown, alpha[n], 0.0).astype(np.float64)
+    area = soft.sum()
+    row_index = np.arange(soft.shape[0])[:, None]
+    mean = (soft * row_index).sum() / area
+    variance = (soft * (row_index - mean) ** 2).sum() / area
+    skew = (soft * (row_index - mean) ** 3).sum() / area / max(variance, 1e-6) ** 1.5
+    fill = area / (soft.max(axis=0).sum() * soft.max(axis=1).sum())
+    return n, mask.sum(), cols.mean() + 0.5, rows.mean() + 0.5, skew, fill
+
+
+def test_component_features_equal_each_components_own_computation():
+    rng = random.Random(8)
+    noise = np.random.default_rng(8)
+    images = []
+    for _ in range(24):
+        image, _ = render_spec(sample_spec(rng, "count"), rng, 32)
+        images.append(np.clip(image + noise.normal(0, 12, image.shape), 0, 255).astype(np.uint8))
+    labels, foreground, alpha = segment_colors(np.stack(images))
+    within_image = np.zeros((3, 3, 3), bool)
+    within_image[1] = True  # 8-connected in an image, never across images
+    compared = 0
+    for ci in range(alpha.shape[-1]):
+        components, count = ndimage.label(foreground & (labels == ci), structure=within_image)
+        features = component_features(components, count, alpha[..., ci])
+        for index in range(1, count + 1):
+            expected = _features_one_at_a_time(components, index, alpha[..., ci])
+            got = [features[name][index - 1] for name in ("image", "area", "x", "y", "skew", "fill")]
+            assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+            compared += 1
+    assert compared > 100
