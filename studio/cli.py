@@ -309,7 +309,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def bench_ablation(args: argparse.Namespace) -> None:
     from studio.bench import format_rows
-    from studio.bench.ablation import ABLATION_COLUMNS, VARIANTS, ablation_benchmark, ablation_settings, resumable_rows
+    from studio.bench.ablation import (
+        ABLATION_COLUMNS,
+        VARIANTS,
+        ablation_benchmark,
+        ablation_settings,
+        resumable_rows,
+        write_ablation_report,
+    )
 
     if args.iterations < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
         raise CliError("--iterations, --eval-per-category, --eval-seeds: must be at least 1")
@@ -329,19 +336,11 @@ def bench_ablation(args: argparse.Namespace) -> None:
         args.eval_per_category,
         args.eval_seeds,
         measured=measured,
-        on_progress=lambda partial: write_ablation(partial, args.out),
+        on_progress=lambda partial: write_ablation_report(partial, args.out),
     )
-    write_ablation(report, args.out)
+    write_ablation_report(report, args.out)
     print(format_rows(report["results"], ABLATION_COLUMNS))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
-
-
-def write_ablation(report: dict[str, object], out: Path) -> None:
-    from studio.bench import write_report
-    from studio.bench.ablation import ablation_markdown
-
-    write_report(report, out)
-    out.with_suffix(".md").write_text(ablation_markdown(report))
 
 
 def bench_throughput(args: argparse.Namespace) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from studio.bench import device_name, markdown_table
+from studio.bench import device_name, markdown_table, write_report
 from studio.bench.speed import accuracy_standard_error, heldout_subset, train_with_budget
 from trainer_core.adapters import resolve_device
 from trainer_core.config import TrainConfig, load_preset
@@ -147,3 +148,9 @@ def ablation_markdown(report: dict[str, object]) -> str:
             "",
         ]
     )
+
+
+def write_ablation_report(report: dict[str, object], out: Path) -> None:
+    """`out` (JSON) and the markdown table beside it (`out` with the suffix .md)."""
+    write_report(report, out)
+    out.with_suffix(".md").write_text(ablation_markdown(report))
