@@ -364,7 +364,14 @@ def bench_throughput(args: argparse.Namespace) -> None:
 
 
 def bench_speed(args: argparse.Namespace) -> None:
-    from studio.bench.speed import method_configs, speed_benchmark, write_speed_report
+    from studio.bench import write_report
+    from studio.bench.speed import (
+        method_configs,
+        resumable_runs,
+        speed_benchmark,
+        speed_settings,
+        write_speed_report,
+    )
 
     if args.budget_minutes <= 0:
         raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
@@ -378,6 +385,15 @@ def bench_speed(args: argparse.Namespace) -> None:
             raise CliError(f"--config: expected METHOD=FILE.yaml, got {item!r}")
         files[method.strip()] = Path(file)
     configs = method_configs(methods, args.model, args.device, files)
+    progress = args.out / "speed.progress.json"
+    finished = []
+    if progress.exists():
+        # an interrupted run into the same folder: keep its finished runs, train only the rest
+        settings = speed_settings(configs, args.budget_minutes, args.marks, args.eval_per_category, args.eval_seeds)
+        try:
+            finished = resumable_runs(json.loads(progress.read_text()), settings)
+        except (ValueError, json.JSONDecodeError) as error:
+            raise CliError(f"{progress}: {error}") from error
     report = speed_benchmark(
         configs,
         args.budget_minutes,
@@ -386,8 +402,11 @@ def bench_speed(args: argparse.Namespace) -> None:
         args.eval_per_category,
         args.eval_seeds,
         sources={method: str(file) for method, file in files.items()},
+        finished=finished,
+        on_progress=lambda partial: write_report(partial, progress),
     )
     print(write_speed_report(report, args.out))
+    progress.unlink(missing_ok=True)  # speed.json now holds every run
     print(f"wrote {args.out}/speed.json, speed.md, accuracy_vs_wall_clock.png")
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import json
+import math
 
 import pytest
 from PIL import Image
@@ -14,7 +15,9 @@ from studio.bench.speed import (
     heldout_subset,
     judge_target,
     method_configs,
+    resumable_runs,
     speed_benchmark,
+    speed_settings,
     summarize_runs,
     vgrpo_speedups,
     write_speed_report,
@@ -169,3 +172,76 @@ def test_a_method_can_train_from_a_config_file_instead_of_its_preset(tmp_path, c
     assert "METHOD=FILE.yaml" in capsys.readouterr().err
     assert main([*args, "--config", f"flow-grpo={tmp_path / 'missing.yaml'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_runs_go_seed_by_seed_and_an_interrupted_benchmark_resumes(monkeypatch):
+    lifts = {"vgrpo": 0.2, "flow-grpo": 0.1, "mix-grpo": 0.05}
+    trained: list[tuple[str, int]] = []
+
+    def train(config, budget_s, marks, max_iterations=None):
+        if len(trained) == stop_after:
+            raise _Interrupted
+        trained.append((config.algorithm, config.seed))
+        lift = lifts[config.algorithm] + 0.01 * config.seed
+        snapshots = [Snapshot(0, 0.0, 0, 0, 0, math.nan), Snapshot(1, budget_s, 10, 10, 1000, lift)]
+        return speed_module.BudgetRun(None, snapshots, [{}, {}], [])
+
+    def evaluate_snapshots(adapter, snapshots, states, specs, seeds, sampling, base_accuracy=None):
+        for s in snapshots:  # the fake training put each run's lift in train_reward
+            s.accuracy = 0.5 if s.mark == 0 else 0.5 + s.train_reward
+
+    monkeypatch.setattr(speed_module, "train_with_budget", train)
+    monkeypatch.setattr(speed_module, "evaluate_snapshots", evaluate_snapshots)
+    configs = method_configs(["vgrpo", "flow-grpo", "mix-grpo"], device="cpu")
+    progress: list[dict] = []
+
+    def run(finished=None):
+        return speed_benchmark(
+            configs,
+            1,
+            [0, 1],
+            marks=1,
+            log=lambda line: None,
+            finished=finished,
+            on_progress=lambda p: progress.append(json.loads(json.dumps(p))),
+        )
+
+    stop_after = 4  # interrupted while training the fifth run
+    with pytest.raises(_Interrupted):
+        run()
+    # seed 0 of every method first, so a slowing machine does not fall on one method's runs
+    assert trained == [("vgrpo", 0), ("flow-grpo", 0), ("mix-grpo", 0), ("vgrpo", 1)]
+    assert [(r["method"], r["seed"]) for r in progress[-1]["runs"]] == trained
+
+    settings = speed_settings(configs, 1, 1, 20, 2)
+    finished = resumable_runs(progress[-1], settings)
+    trained.clear()
+    stop_after = None
+    report = run(finished)
+    assert trained == [("flow-grpo", 1), ("mix-grpo", 1)]
+    assert len(progress[-1]["runs"]) == 6
+    for method, lift in lifts.items():
+        accuracies = [run["snapshots"][1]["accuracy"] for run in report["methods"][method]["runs"]]
+        assert accuracies == pytest.approx([0.5 + lift, 0.51 + lift])
+    assert report["target"]["accuracy"] == pytest.approx(0.605)
+
+    with pytest.raises(ValueError, match="other budget_s"):
+        resumable_runs(progress[-1], speed_settings(configs, 2, 1, 20, 2))
+    with pytest.raises(ValueError, match="other configs"):
+        resumable_runs(progress[-1], speed_settings(method_configs(["vgrpo", "flow-grpo"], device="cpu"), 1, 1, 20, 2))
+    with pytest.raises(ValueError, match="not a speed benchmark's progress"):
+        resumable_runs({"benchmark": "ablation"}, settings)
+
+
+def test_the_cli_refuses_a_progress_file_from_other_settings_and_leaves_it(tmp_path, capsys):
+    configs = method_configs(["vgrpo", "flow-grpo", "mix-grpo"], device="cpu")
+    stored = json.dumps({"benchmark": "speed-progress", "settings": speed_settings(configs, 5, 6, 20, 2), "runs": []})
+    (tmp_path / "speed.progress.json").write_text(stored)
+    args = ["bench", "speed", "--budget-minutes", "3", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "other budget_s" in capsys.readouterr().err
+    assert (tmp_path / "speed.progress.json").read_text() == stored

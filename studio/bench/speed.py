@@ -14,6 +14,7 @@ one the speedups use.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,6 +269,38 @@ def snapshots_from_report(report: dict[str, object]) -> dict[str, list[list[Snap
     }
 
 
+def speed_settings(
+    configs: dict[str, TrainConfig], budget_minutes: float, marks: int, eval_per_category: int, eval_seeds: int
+) -> dict[str, object]:
+    """What a run's snapshots depend on besides its method and seed: runs measured under other
+    settings (another budget, evaluation, device or config) are not comparable and are not resumed."""
+    device = next(iter(configs.values())).model.device
+    settings = {
+        "budget_s": budget_minutes * 60,
+        "marks": marks,
+        "evaluation": {"prompts": len(heldout_subset(eval_per_category)), "seeds": eval_seeds},
+        "device": device_name(str(resolve_device(device))),
+        "configs": {method: to_dict(config) for method, config in configs.items()},
+    }
+    return json.loads(json.dumps(settings))  # as a progress file stores it: tuples become lists
+
+
+def resumable_runs(previous: dict[str, object], settings: dict[str, object]) -> list[dict[str, object]]:
+    """The finished runs of an interrupted benchmark's progress file (`speed.progress.json`).
+
+    Raises ValueError when they were measured under other settings, naming what differs."""
+    if previous.get("benchmark") != "speed-progress":
+        raise ValueError("the file exists and is not a speed benchmark's progress; choose another --out")
+    stored: dict[str, object] = previous.get("settings", {})  # type: ignore[assignment]
+    differing = [key for key in settings if stored.get(key) != settings[key]]
+    if differing:
+        raise ValueError(
+            f"its finished runs were measured with other {', '.join(differing)}; "
+            "choose another --out or delete the file to start afresh"
+        )
+    return list(previous.get("runs", []))  # type: ignore[arg-type]
+
+
 def speed_benchmark(
     configs: dict[str, TrainConfig],
     budget_minutes: float,
@@ -277,20 +310,33 @@ def speed_benchmark(
     eval_seeds: int = 2,
     log: Callable[[str], None] = print,
     sources: dict[str, str] | None = None,
+    finished: list[dict[str, object]] | None = None,
+    on_progress: Callable[[dict[str, object]], None] | None = None,
 ) -> dict[str, object]:
     """Run every method (`configs`: method -> its config) for every seed under the budget. `sources`
-    names where a method's config came from when not from its preset (recorded in the report)."""
+    names where a method's config came from when not from its preset (recorded in the report).
+
+    Runs go seed by seed, every method within a seed, so a machine whose speed drifts over the hours
+    of a benchmark slows every method alike rather than whichever runs last. `finished` holds runs of
+    an interrupted benchmark under the same settings (see `resumable_runs`), which are not trained
+    again; `on_progress` receives every finished run so far after each run."""
     if TARGET_METHOD not in configs:
         raise ValueError(f"--methods: must include {TARGET_METHOD}, whose best accuracy is the target")
     budget_s = budget_minutes * 60
     specs = heldout_subset(eval_per_category)
     sampling = SamplingConfig()
-    results: dict[str, dict[str, object]] = {}
-    runs: dict[str, list[list[Snapshot]]] = {}
+    settings = speed_settings(configs, budget_minutes, marks, eval_per_category, eval_seeds)
+    done = {(run["method"], run["seed"]): run for run in finished or []}
     base_accuracy: dict[tuple[str, int | None], float] = {}  # per base model: its mark-0 accuracy
-    for method, config in configs.items():
-        runs[method] = []
-        for seed in seeds:
+    for (method, _), run in done.items():
+        if method in configs:
+            model = configs[method].model
+            base_accuracy[(model.name, model.resolution)] = run["snapshots"][0]["accuracy"]  # type: ignore[index]
+    for seed in seeds:
+        for method, config in configs.items():
+            if (method, seed) in done:
+                log(f"[{method} seed {seed}] kept from the interrupted run")
+                continue
             log(f"[{method} seed {seed}] training for {budget_s:.0f} s")
             run = train_with_budget(dataclasses.replace(config, seed=seed), budget_s, marks)
             snapshots = run.snapshots
@@ -300,14 +346,25 @@ def speed_benchmark(
                 run.adapter, snapshots, run.states, specs, eval_seeds, sampling, base_accuracy.get(model)
             )
             base_accuracy[model] = snapshots[0].accuracy  # type: ignore[assignment]
-            runs[method].append(snapshots)
+            done[(method, seed)] = {
+                "method": method,
+                "seed": seed,
+                "snapshots": [dataclasses.asdict(s) for s in snapshots],
+            }
             log(f"[{method} seed {seed}] accuracy " + " ".join(f"{s.accuracy:.3f}" for s in snapshots))
+            if on_progress is not None:
+                on_progress({"benchmark": "speed-progress", "settings": settings, "runs": list(done.values())})
+
+    runs = {
+        method: [[Snapshot(**p) for p in done[(method, seed)]["snapshots"]] for seed in seeds]  # type: ignore[union-attr]
+        for method in configs
+    }
+    results: dict[str, dict[str, object]] = {}
+    for method, config in configs.items():
         source = (sources or {}).get(method)
         results[method] = {"preset": None if source else METHOD_PRESETS.get(method), "config": to_dict(config)}
         if source:
             results[method]["config_file"] = source
-    device = next(iter(configs.values())).model.device
-
     target, speedups, summaries = summarize_runs(runs, seeds, marks)
     judge_target(target, len(specs) * eval_seeds, len(seeds))
     for method, summary in summaries.items():
@@ -315,7 +372,7 @@ def speed_benchmark(
     per_seed_speedups = vgrpo_speedups(summaries, per_seed=True)
     return {
         "benchmark": "speed",
-        "device": device_name(str(resolve_device(device))),
+        "device": settings["device"],
         "budget_s": budget_s,
         "seeds": seeds,
         "marks": marks,
