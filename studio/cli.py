@@ -126,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
     speed.add_argument("--device", default="auto")
-    speed.add_argument("--out", type=Path, required=True, help="directory for speed.json, the plot and speed.md")
+    speed.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for speed.json, the plot and speed.md; speed.progress.json there holds the runs finished "
+        "so far, and rerunning the same command resumes from it",
+    )
 
     ablation = benches.add_parser("ablation", help="V-GRPO's knobs one at a time: accuracy and surrogate CV")
     ablation.add_argument("--iterations", type=int, default=60, help="training iterations per variant")
