@@ -18,6 +18,7 @@ from studio.bench.speed import (
     resumable_runs,
     speed_benchmark,
     speed_settings,
+    speedups_at_level,
     summarize_runs,
     vgrpo_speedups,
     write_speed_report,
@@ -104,6 +105,38 @@ def test_a_target_within_two_standard_errors_of_the_base_is_flagged_as_noise(tmp
     assert "**inside** the evaluation noise" in (tmp_path / "speed.md").read_text()
 
 
+def test_speedups_at_the_noise_clear_level_are_read_on_the_mean_curves(tmp_path):
+    runs = {
+        "vgrpo": [_run([0.5, 0.58, 0.7], 60), _run([0.5, 0.54, 0.68], 60)],  # mean 0.56 at mark 1
+        "flow-grpo": [_run([0.5, 0.52, 0.6], 60), _run([0.5, 0.6, 0.52], 60)],  # 0.56 at mark 1 and 2
+        "mix-grpo": [_run([0.5, 0.5, 0.6], 60), _run([0.5, 0.5, 0.48], 60)],  # never above 0.54
+    }
+    target, speedups, summaries = summarize_runs(runs, [0, 1], marks=2)
+    level = speedups_at_level(summaries, 0.55)
+    assert level["time_s"] == {"vgrpo": 60, "flow-grpo": 60, "mix-grpo": None}
+    assert level["speedup_of_vgrpo"] == {"flow-grpo": pytest.approx(1.0)}
+    slower = speedups_at_level(summaries, 0.6)
+    assert slower["time_s"] == {"vgrpo": 120, "flow-grpo": None, "mix-grpo": None}
+    assert slower["speedup_of_vgrpo"] == {}
+
+    judge_target(target, n_images=200, seeds=2)
+    methods = {m: {**s, "config": {}} for m, s in summaries.items()}
+    report = {
+        "budget_s": 120,
+        "seeds": [0, 1],
+        "device": "cpu",
+        "target": target,
+        "methods": methods,
+        "speedup_of_vgrpo": speedups,
+        "noise_clear_level": speedups_at_level(summaries, 0.55),
+    }
+    write_speed_report(report, tmp_path)
+    assert (
+        "Read at base + 2 standard errors, 0.550 (clear of the evaluation noise whatever flow-grpo's peak), the "
+        "mean curves first get there at: vgrpo 60 s, flow-grpo 60 s (V-GRPO 1.0x faster), mix-grpo not reached."
+    ) in (tmp_path / "speed.md").read_text()
+
+
 @pytest.mark.slow
 def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkeypatch):
     evaluations = []
@@ -132,6 +165,9 @@ def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkey
             assert all(0.0 <= s["accuracy"] <= 1.0 for s in snaps)
     n_images = len(CATEGORIES) * 1 * 1  # one prompt per category, one evaluation seed
     assert report["target"]["standard_error"] == pytest.approx((0.25 / (n_images * 2)) ** 0.5)
+    level, target = report["noise_clear_level"], report["target"]
+    assert level["accuracy"] == pytest.approx(target["base_accuracy"] + 2 * target["standard_error"])
+    assert set(level["time_s"]) == {"vgrpo", "flow-grpo", "mix-grpo"}
     flow_curve = report["methods"]["flow-grpo"]["mean_curve"]
     assert report["target"]["accuracy"] == max(p["accuracy"] for p in flow_curve[1:])
     if report["target"]["improves_on_base"]:
