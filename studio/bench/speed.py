@@ -8,7 +8,8 @@ best held-out accuracy of Flow-GRPO's curve averaged over seeds; the time, gradi
 model evaluations (NFE, a backward counting as two) at which each method's mean curve first reaches
 it give the speedups. Each seed's own first crossing is reported too, with its spread; it is the
 noisier reading (one evaluation of a single seed can cross the target by chance), so it is not the
-one the speedups use.
+one the speedups use. Every mean curve is also read at base + 2 standard errors of the evaluation
+(`noise_clear_level`), which does not depend on where Flow-GRPO's curve happens to peak.
 """
 
 from __future__ import annotations
