@@ -256,10 +256,15 @@ def vgrpo_speedups(summaries: dict[str, dict[str, object]], per_seed: bool = Fal
         hit = summary["mean_curve_to_target"]
         return hit["wall_s"] if hit else None  # type: ignore[index]
 
-    if "vgrpo" not in summaries or not (vgrpo_time := time_to_target(summaries["vgrpo"])):
+    return speedups_over_vgrpo({m: time_to_target(s) for m, s in summaries.items()})
+
+
+def speedups_over_vgrpo(times: dict[str, float | None]) -> dict[str, float]:
+    """Each other method's time over V-GRPO's, for the methods with a time (none without V-GRPO's)."""
+    vgrpo_time = times.get("vgrpo")
+    if not vgrpo_time:
         return {}
-    others = {m: time_to_target(s) for m, s in summaries.items() if m != "vgrpo"}
-    return {m: t / vgrpo_time for m, t in others.items() if t}
+    return {m: t / vgrpo_time for m, t in times.items() if m != "vgrpo" and t}
 
 
 def speedups_at_level(summaries: dict[str, dict[str, object]], level: float) -> dict[str, object]:
@@ -272,9 +277,7 @@ def speedups_at_level(summaries: dict[str, dict[str, object]], level: float) -> 
     for method, summary in summaries.items():
         hit = curve_reaching(summary["mean_curve"], level)  # type: ignore[arg-type]
         times[method] = hit["wall_s"] if hit else None
-    vgrpo_time = times.get("vgrpo")
-    speedups = {m: t / vgrpo_time for m, t in times.items() if m != "vgrpo" and t and vgrpo_time}
-    return {"accuracy": level, "time_s": times, "speedup_of_vgrpo": speedups}
+    return {"accuracy": level, "time_s": times, "speedup_of_vgrpo": speedups_over_vgrpo(times)}
 
 
 def snapshots_from_report(report: dict[str, object]) -> dict[str, list[list[Snapshot]]]:
