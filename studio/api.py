@@ -139,6 +139,12 @@ class Studio:
         """name -> [(iteration, value)]: every metric row of the job (read only when curves must be redrawn)."""
         return self.jobs.metrics(job_id)
 
+    def reward_series(self, job_id: int) -> list[str]:
+        """The metric names of the job's reward curves: reward_mean and one per reward of its mix (not
+        the timing `reward_s`, which shares the prefix)."""
+        weights = self.jobs.get(job_id).config.get("rewards", {}).get("weights", {})
+        return ["reward_mean", *(f"reward_{name}" for name in sorted(weights))]
+
     def sample_grids(self, job_id: int) -> list[tuple[int, str]]:
         return self.jobs.sample_grids(job_id)
 

@@ -41,3 +41,15 @@ def test_help_text_and_validation_name_fields(studio):
     assert round_trip == studio.preset_config()
     with pytest.raises(ValueError, match="checkpoint"):
         studio.export("base", "kohya")
+
+
+def test_reward_curves_are_the_mix_and_its_mean_not_timings(studio):
+    config = studio.preset_config()
+    config["rewards"]["weights"] = {"geneval": 1.0, "partial": 0.5}
+    job_id = studio.submit(config)
+    _, token = studio.jobs.claim("host")
+    metrics = {"iteration": 1, "reward_mean": 0.6, "reward_geneval": 0.5, "reward_partial": 0.2, "reward_std": 0.1}
+    assert studio.jobs.record_iteration(job_id, token, {**metrics, "reward_s": 0.03, "loss": 0.1})
+    names = studio.reward_series(job_id)
+    assert names == ["reward_mean", "reward_geneval", "reward_partial"]
+    assert set(names) <= set(studio.job_metrics(job_id))

@@ -89,7 +89,6 @@ def build(studio: Studio, train_form: Any) -> None:
         if signature == shown:
             return rows, info, gr.update(), gr.update(), gr.update(), gr.update(), detail.log_tail, shown
         metrics = studio.job_metrics(chosen)
-        reward_names = sorted(n for n in metrics if n.startswith("reward_") and n != "reward_std")
         return (
             rows,
             info,
@@ -99,7 +98,7 @@ def build(studio: Studio, train_form: Any) -> None:
                 value=index,
                 label=f"Sample grid: iteration {grids[index][0]}" if grids else "Sample grid",
             ),
-            _curves(metrics, reward_names),
+            _curves(metrics, studio.reward_series(chosen)),
             _curves(metrics, list(TRAINING_CURVES)),
             detail.log_tail,
             signature,
