@@ -1,8 +1,10 @@
 """`vgrpo bench ablation` and `vgrpo bench throughput` on the tiny model."""
 
 import json
+import time
 
 import pytest
+import torch
 
 from studio.bench.ablation import (
     VARIANTS,
@@ -15,6 +17,7 @@ from studio.bench.ablation import (
 from studio.bench.throughput import throughput_benchmark
 from studio.cli import main
 from trainer_core.config import load_preset
+from trainer_core.device_timing import DeviceIntervals
 
 
 def test_each_variant_changes_only_its_vgrpo_fields():
@@ -106,3 +109,17 @@ def test_throughput_splits_an_iteration(tiny_config):
     assert 0 < mean["outside_model_share"] < 1
     assert mean["images_per_s"] == pytest.approx(8 / mean["total_s"], rel=1e-3)
     assert report["peak_memory_mb"] > 10
+    assert "phases_synchronised" not in report  # on a CPU the free-running iterations are synchronous
+
+
+def test_device_intervals_add_up_closed_intervals_and_reset():
+    intervals = DeviceIntervals(torch.device("cpu"))
+    for _ in range(2):
+        with intervals.interval():
+            time.sleep(0.02)
+    time.sleep(0.05)  # outside any interval
+    assert intervals.count == 2
+    assert 0.04 <= intervals.take() < 0.09
+    assert intervals.take() == 0.0 and intervals.count == 0
+    with pytest.raises(RuntimeError, match="without a start"):
+        intervals.stop()

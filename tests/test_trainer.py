@@ -282,7 +282,7 @@ def test_candidate_prompts_train_only_the_groups_whose_rewards_differ(tiny_model
     rolled_out, trained = [], []
     generate, old_pass = trainer.generate, trainer.old_pass
     trainer.generate = lambda p: rolled_out.append(p) or generate(p)  # type: ignore[method-assign]
-    trainer.old_pass = lambda g, tr, a: trained.append((g, tr)) or old_pass(g, tr, a)  # type: ignore[method-assign]
+    trainer.old_pass = lambda g, tr: trained.append((g, tr)) or old_pass(g, tr)  # type: ignore[method-assign]
     for _ in range(3):
         metrics = trainer.step()
         drawn = rolled_out[-1]
@@ -318,7 +318,7 @@ def test_dropped_tied_groups_skip_the_old_pass_and_the_gradient_steps(tiny_model
     rolled_out, trained = [], []
     generate, old_pass = trainer.generate, trainer.old_pass
     trainer.generate = lambda p: rolled_out.append(p) or generate(p)  # type: ignore[method-assign]
-    trainer.old_pass = lambda g, tr, a: trained.append(g) or old_pass(g, tr, a)  # type: ignore[method-assign]
+    trainer.old_pass = lambda g, tr: trained.append(g) or old_pass(g, tr)  # type: ignore[method-assign]
     for _ in range(4):
         metrics = trainer.step()
         circles = [p for p in rolled_out[-1] if "circle" in p]
@@ -383,3 +383,22 @@ def test_shared_noise_ode_rollouts_of_one_prompt_repeat_across_groups(tiny_model
     torch.testing.assert_close(latents[1], latents[0])
     torch.testing.assert_close(latents[2], latents[0])
     assert (latents[0, 1] - latents[0, 0]).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("algorithm", ["vgrpo", "flow-grpo"])
+@pytest.mark.parametrize("selects", [False, True])
+def test_the_old_pass_is_queued_before_scoring_unless_rewards_select_the_images(
+    tiny_model, tiny_config, algorithm, selects
+):
+    rollout = RolloutConfig(prompts_per_iteration=2, candidate_prompts=3 if selects else 0, group_size=2, steps=3)
+    config = tiny_config(algorithm=algorithm, rollout=rollout)
+    trainer = make_trainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
+    calls = []
+    old_pass, score = trainer.old_pass, trainer.rewards.score
+    trainer.old_pass = lambda g, tr: calls.append(("old pass", len(g.prompts))) or old_pass(g, tr)  # type: ignore[method-assign]
+    trainer.rewards.score = lambda i, p: calls.append(("score", len(p))) or score(i, p)  # type: ignore[method-assign]
+    metrics = trainer.step()
+    # the old pass needs no rewards, so a GPU runs it while the host scores; a selection must come first
+    assert calls == ([("score", 6), ("old pass", 4)] if selects else [("old pass", 4), ("score", 4)])
+    assert trainer.selects_images == selects
+    assert np.isfinite(metrics["loss"]) and metrics["trained_groups"] == 2

@@ -24,7 +24,7 @@ from trainer_core.config import FlowGRPOConfig, MixGRPOConfig, TrainConfig
 from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import sigma_grid
 from trainer_core.sde import gaussian_log_prob, mean_kl, sde_step_mean_std
-from trainer_core.trainer import Generation, GroupTrainer
+from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
 
 
 def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig) -> range:
@@ -126,7 +126,7 @@ class FlowGRPOTrainer(GroupTrainer):
             return velocity(z.to(self.adapter.dtype), self._t(step, z.shape[0])).float()
 
     @torch.no_grad()
-    def old_pass(self, generation: Generation, trace: Trajectory, advantages: torch.Tensor) -> StepBatch:
+    def old_pass(self, generation: Generation, trace: Trajectory) -> StepBatch:
         """Reference means on the trained steps (the old log-probs came with the rollout)."""
         mean_ref: dict[int, torch.Tensor] = {}
         if self.flow.beta > 0:
@@ -140,7 +140,7 @@ class FlowGRPOTrainer(GroupTrainer):
                         ]
                     )
                     mean_ref[step] = self.step_mean_std(z, v, step)[0]
-        return StepBatch(generation, trace, advantages, mean_ref)
+        return StepBatch(generation, trace, NO_ADVANTAGES, mean_ref)
 
     def gradient_step(self, batch: StepBatch) -> dict[str, float]:
         """Clipped per-step ratios plus the KL to the reference, accumulated over steps and chunks."""

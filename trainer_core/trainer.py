@@ -34,6 +34,7 @@ import torch
 
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
+from trainer_core.device_timing import DeviceIntervals
 from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import SOLVER_NFE
 from trainer_core.vgrpo import VGRPOConfig, draw_pairs, elbo_surrogate, soft_clip, vgrpo_loss, within_group_cv
@@ -70,6 +71,9 @@ class SurrogateBatch:
     surrogate_old: torch.Tensor | None
     x_hat_anchor: torch.Tensor | None  # [B, N_MC, C, H, W] at theta_old or the reference, only when beta > 0
 
+
+#: a batch's advantages from the old pass until the iteration has scored its images
+NO_ADVANTAGES = torch.empty(0)
 
 #: a group whose reward spread is below this counts as tied (every image scored the same)
 TIE_SPREAD = 1e-6
@@ -190,7 +194,7 @@ class GroupTrainer(ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.prompts = PromptSource(config.rollout.prompts, config.seed)
         self.iteration = 0
-        self.backward_s = 0.0  # time in backward passes this iteration
+        self.backward_intervals = DeviceIntervals(adapter.device)  # device time in backward passes
         #: wait for the device before reading clocks (benchmarks on CUDA); costs overlap, so off in training
         self.synchronize = False
         self.autocast_bf16 = adapter.device.type == "cuda" and config.model.mixed_precision in ("auto", "bf16")
@@ -211,8 +215,9 @@ class GroupTrainer(ABC):
         """The algorithm's treatment of group-normalised advantages (soft clip, clamp)."""
 
     @abstractmethod
-    def old_pass(self, generation: Generation, trace: Any, advantages: torch.Tensor) -> Any:
-        """Everything the gradient steps need that is computed once, at theta_old (no grad)."""
+    def old_pass(self, generation: Generation, trace: Any) -> Any:
+        """Everything the gradient steps need that is computed once, at theta_old (no grad); a batch
+        whose `advantages` the iteration fills in once the images are scored."""
 
     @abstractmethod
     def gradient_step(self, batch: Any) -> dict[str, float]:
@@ -241,12 +246,17 @@ class GroupTrainer(ABC):
         is spent, which the learning-rate schedule follows when it is ahead of the iterations."""
         cfg = self.config
         times: dict[str, float] = {}
-        self.backward_s = 0.0
+        self.backward_intervals.take()
         started = time.perf_counter()
         group_size = cfg.rollout.group_size
         with _timed(times, "rollout_s", self.cuda_sync):
             generation, trace = self.generate(self.prompts.draw(cfg.rollout.prompts_rolled_out))
         rolled_out = len(generation.prompts)
+        batch = None
+        if not self.selects_images:
+            # the old pass needs no rewards: queued on a GPU first, it runs while the host scores the images
+            with _timed(times, "old_pass_s", self.cuda_sync):
+                batch = self.old_pass(generation, trace)
         with _timed(times, "reward_s", self.cuda_sync):
             scores = self.rewards.score(generation.images, generation.prompts)
             spread = self.rewards.group_spread(scores, group_size)
@@ -258,8 +268,10 @@ class GroupTrainer(ABC):
                 scores = {name: values[images.numpy()] for name, values in scores.items()}
             advantages = self.rewards.advantages(scores, group_size, self.advantage_eps)
             advantages = self.shape_advantages(advantages).to(self.adapter.device)
-        with _timed(times, "old_pass_s", self.cuda_sync):
-            batch = self.old_pass(generation, trace, advantages)
+        if batch is None:
+            with _timed(times, "old_pass_s", self.cuda_sync):
+                batch = self.old_pass(generation, trace)
+        batch.advantages = advantages
         with _timed(times, "train_s", self.cuda_sync):
             learning_rate = self.set_learning_rate(elapsed_fraction)
             stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
@@ -281,11 +293,17 @@ class GroupTrainer(ABC):
             "advantage_abs_mean": float(advantages.abs().mean()),
             "learning_rate": learning_rate,
             "iteration_s": time.perf_counter() - started,
-            "backward_s": self.backward_s,
+            "backward_s": self.backward_intervals.take(),
             **times,
         }
         metrics["images_per_s"] = rolled_out / metrics["iteration_s"]
         return metrics
+
+    @property
+    def selects_images(self) -> bool:
+        """Whether the rewards choose which rolled-out groups train (so the old pass must wait for them)."""
+        rollout = self.config.rollout
+        return rollout.prompts_rolled_out > rollout.prompts_per_iteration or rollout.drop_tied_groups
 
     def training_images(self, spread: np.ndarray) -> torch.Tensor | None:
         """Indices of the images that train, whole groups in rollout order, or None for all of them.
@@ -338,12 +356,9 @@ class GroupTrainer(ABC):
         return self.synchronize and self.adapter.device.type == "cuda"
 
     def backward(self, loss: torch.Tensor) -> None:
-        """loss.backward(), timed into `backward_s`."""
-        started = time.perf_counter()
-        loss.backward()
-        if self.cuda_sync:
-            torch.cuda.synchronize()
-        self.backward_s += time.perf_counter() - started
+        """loss.backward(), its device time reported as `backward_s`."""
+        with self.backward_intervals.interval():
+            loss.backward()
 
     def optimizer_step(self) -> float:
         """Clip the accumulated gradient, step AdamW; returns the gradient norm before clipping."""
@@ -418,7 +433,7 @@ class VGRPOTrainer(GroupTrainer):
     def shape_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
         return soft_clip(advantages, self.vgrpo.soft_clip_eta)
 
-    def old_pass(self, generation: Generation, trace: None, advantages: torch.Tensor) -> SurrogateBatch:
+    def old_pass(self, generation: Generation, trace: None) -> SurrogateBatch:
         t, eps = draw_pairs(
             len(generation.prompts) // self.config.rollout.group_size,
             self.config.rollout.group_size,
@@ -434,7 +449,7 @@ class VGRPOTrainer(GroupTrainer):
         if self.vgrpo.beta > 0 and self.vgrpo.penalty_to == "reference":
             with self.adapter.lora_disabled():
                 _, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
-        return SurrogateBatch(generation, advantages, t, eps, surrogate_old, x_hat_anchor)
+        return SurrogateBatch(generation, NO_ADVANTAGES, t, eps, surrogate_old, x_hat_anchor)
 
     @property
     def reuses_first_step(self) -> bool:

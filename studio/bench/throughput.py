@@ -3,8 +3,15 @@
 Runs a few iterations of a config (after one warm-up) and splits each into rollout, reward, old
 pass (s_old / reference means), gradient steps and logging (a metrics line every iteration, a
 checkpoint and a sample grid amortised over their intervals). Denoiser forward passes are timed
-by module hooks and backward passes by the trainer, so the share of time spent outside model
-passes is measured, not guessed. Peak memory: CUDA's allocator peak, or the process's peak RSS.
+by module hooks and backward passes by the trainer, as device time (`DeviceIntervals`: CUDA events
+on a GPU), so the share of time spent outside model passes is measured, not guessed.
+
+On a GPU the host runs ahead of the device and its work overlaps the model passes (reward scoring
+runs while the old pass does), so the timed iterations run free and give the total, images/s and
+the share; the phase split needs a synchronisation at every boundary, which removes the overlap,
+so it comes from as many extra synchronised iterations (`phases_synchronised`, whose total is the
+iteration without overlap). On a CPU both are the same iterations. Peak memory: CUDA's allocator
+peak, or the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -25,35 +32,24 @@ from studio.training import _lora_metadata, build_rewards, save_sample_grid
 from trainer_core.adapters import load_adapter
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config
+from trainer_core.device_timing import DeviceIntervals
+from trainer_core.trainer import GroupTrainer
+
+PHASES = ("rollout_s", "reward_s", "old_pass_s", "train_s")
 
 
 class ForwardTimer:
-    """Accumulates wall time spent inside a module's forward calls."""
+    """Accumulates the device time spent inside a module's forward calls."""
 
-    def __init__(self, module: torch.nn.Module, cuda_sync: bool) -> None:
-        self.seconds = 0.0
-        self.calls = 0
-        self._started = 0.0
-        self._sync = cuda_sync
+    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+        self.intervals = DeviceIntervals(device)
         self._handles = [
-            module.register_forward_pre_hook(self._pre),
-            module.register_forward_hook(self._post),
+            module.register_forward_pre_hook(lambda *_: self.intervals.start()),
+            module.register_forward_hook(lambda *_: self.intervals.stop()),
         ]
 
-    def _pre(self, *_: object) -> None:
-        if self._sync:
-            torch.cuda.synchronize()
-        self._started = time.perf_counter()
-
-    def _post(self, *_: object) -> None:
-        if self._sync:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - self._started
-        self.calls += 1
-
     def take(self) -> float:
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
+        return self.intervals.take()
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -67,64 +63,70 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def _timed_iteration(
+    trainer: GroupTrainer, config: TrainConfig, run: RunDirectory, timer: ForwardTimer
+) -> dict[str, float]:
+    """One iteration plus its share of logging, split into phases and model time."""
+    adapter = trainer.adapter
+    timer.take()
+    metrics = trainer.step()
+    forward_s = timer.take()
+    started = time.perf_counter()
+    run.append_metrics(metrics)
+    metrics_s = time.perf_counter() - started
+    started = time.perf_counter()
+    lora_path, _ = run.checkpoint_paths(trainer.iteration)
+    adapter.save_lora(lora_path, _lora_metadata(config, trainer.iteration))
+    run.save_state(trainer.iteration, trainer.state_dict())
+    checkpoint_s = time.perf_counter() - started
+    started = time.perf_counter()
+    save_sample_grid(trainer, config, run.sample_path(trainer.iteration))
+    grid_s = time.perf_counter() - started
+    grid_forward_s = timer.take()
+    every = config.logging
+    grid_share = 1 / every.sample_every if every.sample_every else 0.0
+    logging_s = metrics_s + checkpoint_s / every.checkpoint_every + grid_s * grid_share
+    total_s = metrics["iteration_s"] + logging_s
+    grid_model_s = grid_forward_s * grid_share
+    model_s = forward_s + metrics["backward_s"] + grid_model_s
+    return {
+        **{phase: metrics[phase] for phase in PHASES},
+        "logging_s": logging_s,
+        "total_s": total_s,
+        "forward_s": forward_s,
+        "backward_s": metrics["backward_s"],
+        "model_s": model_s,
+        "outside_model_share": 1 - model_s / total_s,
+        "images_per_s": config.rollout.prompts_rolled_out * config.rollout.group_size / total_s,
+    }
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
 def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, object]:
-    """Time `iterations` iterations of `config` after one warm-up iteration."""
+    """Time `iterations` iterations of `config` after one warm-up iteration (on a GPU, and as many
+    synchronised ones for the phase split)."""
     adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
     trainer = make_trainer(adapter, build_rewards(config), config)
-    trainer.synchronize = True
-    sync = adapter.device.type == "cuda"
-    if sync:
+    on_cuda = adapter.device.type == "cuda"
+    if on_cuda:
         torch.cuda.reset_peak_memory_stats(adapter.device)
-    timer = ForwardTimer(adapter.denoiser, sync)
-    rows = []
+    timer = ForwardTimer(adapter.denoiser, adapter.device)
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDirectory(Path(tmp) / "run")
         run.create(dump_config(config))
-        for i in range(iterations + 1):
-            timer.take()
-            metrics = trainer.step()
-            forward_s = timer.take()
-            started = time.perf_counter()
-            run.append_metrics(metrics)
-            metrics_s = time.perf_counter() - started
-            started = time.perf_counter()
-            lora_path, _ = run.checkpoint_paths(trainer.iteration)
-            adapter.save_lora(lora_path, _lora_metadata(config, trainer.iteration))
-            run.save_state(trainer.iteration, trainer.state_dict())
-            checkpoint_s = time.perf_counter() - started
-            timer.take()
-            started = time.perf_counter()
-            save_sample_grid(trainer, config, run.sample_path(trainer.iteration))
-            grid_s = time.perf_counter() - started
-            grid_forward_s = timer.take()
-            if i == 0:
-                continue  # warm-up
-            logging_s = (
-                metrics_s
-                + checkpoint_s / config.logging.checkpoint_every
-                + (grid_s / config.logging.sample_every if config.logging.sample_every else 0.0)
-            )
-            total_s = metrics["iteration_s"] + logging_s
-            grid_model_s = grid_forward_s / config.logging.sample_every if config.logging.sample_every else 0.0
-            model_s = forward_s + metrics["backward_s"] + grid_model_s
-            rows.append(
-                {
-                    "rollout_s": metrics["rollout_s"],
-                    "reward_s": metrics["reward_s"],
-                    "old_pass_s": metrics["old_pass_s"],
-                    "train_s": metrics["train_s"],
-                    "logging_s": logging_s,
-                    "total_s": total_s,
-                    "forward_s": forward_s,
-                    "backward_s": metrics["backward_s"],
-                    "model_s": model_s,
-                    "outside_model_share": 1 - model_s / total_s,
-                    "images_per_s": config.rollout.prompts_rolled_out * config.rollout.group_size / total_s,
-                }
-            )
+        _timed_iteration(trainer, config, run, timer)  # warm-up
+        rows = [_timed_iteration(trainer, config, run, timer) for _ in range(iterations)]
+        synchronised = []
+        if on_cuda:
+            trainer.synchronize = True
+            synchronised = [_timed_iteration(trainer, config, run, timer) for _ in range(iterations)]
+            trainer.synchronize = False
     timer.remove()
-    mean = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
-    return {
+    mean = _mean(rows)
+    report: dict[str, object] = {
         "benchmark": "throughput",
         "device": device_name(str(adapter.device)),
         "algorithm": config.algorithm,
@@ -135,6 +137,9 @@ def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, 
         "peak_memory_mb": round(peak_memory_mb(adapter.device), 1),
         "config": dataclasses.asdict(config.rollout),
     }
+    if synchronised:  # free-running phases are host times that overlap the device's work
+        report["phases_synchronised"] = {k: round(v, 4) for k, v in _mean(synchronised).items()}
+    return report
 
 
 THROUGHPUT_COLUMNS = [
