@@ -6,6 +6,7 @@ held-out accuracy over marks 1-10 (the area under the accuracy curve; a tie keep
 """
 
 import json
+import os
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -27,7 +28,7 @@ def main() -> None:
         preset_run = next(r for r in preset_runs[method]["runs"] if r["seed"] == 0)
         preset_mean = mean_accuracy(preset_run["snapshots"])
         probe_mean = mean_accuracy(json.loads((HERE / f"{probe}-seed0.json").read_text())["snapshots"])
-        pick = str(HERE.parent / f"{probe}.yaml") if probe_mean > preset_mean else preset
+        pick = os.path.relpath(HERE.parent / f"{probe}.yaml") if probe_mean > preset_mean else preset
         print(f"{method}: preset {preset_mean:.4f}, probe {probe_mean:.4f} -> {pick}")
         flags.append(f"--config {method}={pick}")
     print(" ".join(flags))
