@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from studio.api import Studio
     from studio.scheduler import JobScheduler
-    from ui.app import CSS, build_app
+    from ui.app import CSS, HEAD, build_app
 
     data_dir = DataDir(args.data_dir).create()
     studio = Studio(data_dir, args.db_url)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"V-GRPO Studio: data in {data_dir.root}; open http://{args.host}:{args.port}", flush=True)
     try:
         build_app(studio).queue().launch(
-            server_name=args.host, server_port=args.port, auth=auth, css=CSS, show_error=True, quiet=True
+            server_name=args.host, server_port=args.port, auth=auth, css=CSS, head=HEAD, show_error=True, quiet=True
         )
     finally:
         scheduler.shutdown()  # running jobs keep running in their own processes

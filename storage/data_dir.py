@@ -1,4 +1,5 @@
-"""The one data directory: the database, run directories (metrics, images, checkpoints) and exports.
+"""The one data directory: the database, run directories (metrics, images, checkpoints), exports,
+preference labels' images and fitted preference rewards.
 
 Nothing is written outside it; stored paths are relative to it, so the directory can move.
 """
@@ -35,8 +36,18 @@ class DataDir:
         """Local diffusers model directories the studio offers as base models."""
         return self.root / "models"
 
+    @property
+    def label_images(self) -> Path:
+        """The images people labelled, content-addressed: `labels/images/ab/abcdef....png`."""
+        return self.root / "labels" / "images"
+
+    @property
+    def rewards(self) -> Path:
+        """Fitted preference rewards: `rewards/NAME/v0001/` holds one version's weights and card."""
+        return self.root / "rewards"
+
     def create(self) -> DataDir:
-        for path in (self.root, self.runs, self.exports, self.models):
+        for path in (self.root, self.runs, self.exports, self.models, self.label_images, self.rewards):
             path.mkdir(parents=True, exist_ok=True)
         return self
 

@@ -108,15 +108,23 @@ class Export(Base):
 
 
 class PreferenceLabel(Base):
-    """A person's choice between two images of one prompt (the preference-labelling issue uses it)."""
+    """A person's choice between two images of one prompt, and what made the two images."""
 
     __tablename__ = "preference_labels"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt: Mapped[str] = mapped_column(String(500))
-    image_a: Mapped[str] = mapped_column(String(500))
+    image_a: Mapped[str] = mapped_column(String(500))  # relative to the data directory, content-addressed
     image_b: Mapped[str] = mapped_column(String(500))
     choice: Mapped[str] = mapped_column(String(10))  # a | b | tie
     labeler: Mapped[str] = mapped_column(String(120), default="")
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    seed_a: Mapped[int | None] = mapped_column(Integer)
+    seed_b: Mapped[int | None] = mapped_column(Integer)
+    # the checkpoint each image came from; None is the base model (or an imported image)
+    checkpoint_a: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    checkpoint_b: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    model: Mapped[str | None] = mapped_column(String(500))  # the base model's name
+    iteration: Mapped[int | None] = mapped_column(Integer)  # a job's sample-grid iteration the pair came from
+    session_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the labelling session

@@ -16,10 +16,21 @@ import yaml
 
 from storage.data_dir import DataDir
 from storage.db import Database
+from storage.labels import LabelStore
 from storage.models import JobStatus
 from studio.compare import BASE, CompareResult, compare_checkpoints
 from studio.export import export_checkpoint
 from studio.jobs import JobError, JobService, JobView, validate_config
+from studio.labeling import SOURCES, CandidatePair, LabelSession, LabelSource, PairSampler, SessionCounts, guide_reward
+from studio.preference import (
+    ImportResult,
+    export_labels,
+    fit_preference_reward,
+    import_labels,
+    labels_from_folder,
+    labels_from_store,
+)
+from studio.reward_catalog import is_preference
 from trainer_core.config import (
     ALGORITHMS,
     LR_SCHEDULES,
@@ -32,10 +43,23 @@ from trainer_core.config import (
 )
 from trainer_core.lora_export import FORMATS
 from trainer_core.model_zoo import BUILTIN_MODELS
+from trainer_core.preference.artifact import PreferenceCard
+from trainer_core.preference.features import FEATURE_KINDS
 from trainer_core.samplers import SOLVERS
 
 DEFAULT_PRESET = "shapes-smoke"
-__all__ = ["BASE", "ConfigError", "JobError", "JobStatus", "JobView", "Studio"]
+MAX_LABEL_SESSIONS = 16  # open labelling sessions kept; the oldest is closed beyond this
+__all__ = [
+    "BASE",
+    "CandidatePair",
+    "ConfigError",
+    "JobError",
+    "JobStatus",
+    "JobView",
+    "LabelSource",
+    "SessionCounts",
+    "Studio",
+]
 
 
 @dataclass
@@ -49,6 +73,8 @@ class Studio:
     def __init__(self, data_dir: DataDir, db_url: str | None = None) -> None:
         self.data_dir = data_dir.create()
         self.jobs = JobService(Database.open(db_url or data_dir.default_url()), self.data_dir)
+        self.labels = LabelStore(self.jobs.db, self.data_dir)
+        self.label_sessions: dict[str, LabelSession] = {}
 
     # --- the Train tab -------------------------------------------------------------------------
 
@@ -58,11 +84,34 @@ class Studio:
         local = sorted(str(p) for p in found if (p / "model_index.json").is_file())
         return [*BUILTIN_MODELS, *local]
 
-    @staticmethod
-    def rewards() -> list[str]:
-        from trainer_core.rewards.builtin import builtin_rewards
+    def rewards(self) -> list[str]:
+        """Built-in rewards, then the fitted preference rewards (`pref:NAME`)."""
+        return self.jobs.catalog.names()
 
-        return sorted(builtin_rewards())
+    def builtin_rewards(self) -> list[str]:
+        return [name for name in self.jobs.catalog.names() if not is_preference(name)]
+
+    def latest_preference_versions(self, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """The config with pinned preference rewards (`pref:NAME@vN`) unpinned, so a duplicated job trains
+        on the latest version, and a note saying which versions changed ("" when none did)."""
+        weights = config.get("rewards", {}).get("weights", {})
+        changed, unpinned = [], {}
+        for name, weight in weights.items():
+            if is_preference(name) and "@v" in name:
+                latest = name.split("@v", 1)[0]
+                unpinned[latest] = weight
+                try:
+                    newest = str(self.jobs.catalog.resolve(latest))
+                except ConfigError:
+                    newest = name
+                if newest != name:
+                    changed.append(f"{latest} will train on {newest.split('@')[1]} (the job used {name.split('@')[1]})")
+            else:
+                unpinned[name] = weight
+        if not changed and unpinned.keys() == weights.keys():
+            return config, ""
+        updated = {**config, "rewards": {**config["rewards"], "weights": unpinned}}
+        return updated, "; ".join(changed)
 
     @staticmethod
     def presets() -> list[str]:
@@ -98,20 +147,18 @@ class Studio:
                 docs.update({f"{field.name}.{k}": v for k, v in field_docs(hints[field.name]).items()})
         return docs
 
-    @staticmethod
-    def validate(config: dict[str, Any]) -> dict[str, Any]:
+    def validate(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config as the job will run it; raises ConfigError naming the first bad field."""
-        return to_dict(validate_config(config))
+        return to_dict(validate_config(config, self.jobs.catalog))
 
-    @staticmethod
-    def config_from_yaml(text: str) -> dict[str, Any]:
+    def config_from_yaml(self, text: str) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config: not valid YAML ({error})") from None
         if not isinstance(data, dict):
             raise ConfigError("config: YAML must be a mapping of sections")
-        return Studio.validate(data)
+        return self.validate(data)
 
     @staticmethod
     def config_to_yaml(config: dict[str, Any]) -> str:
@@ -195,3 +242,94 @@ class Studio:
         if checkpoint in ("", BASE):
             raise ValueError("checkpoint: pick a trained checkpoint (the base model has no LoRA to export)")
         return export_checkpoint(self.jobs, int(checkpoint), fmt, name)
+
+    # --- the Label tab -------------------------------------------------------------------------
+
+    @staticmethod
+    def label_source_kinds() -> list[str]:
+        return list(SOURCES)
+
+    @staticmethod
+    def feature_kinds() -> dict[str, str]:
+        """Feature extractor name -> what it reads (`clip` takes a directory: clip:DIR)."""
+        return {name: kind.description for name, kind in FEATURE_KINDS.items()}
+
+    def label_prompt_sets(self) -> list[str]:
+        """Prompt lists to label: random training prompts, and the held-out lists of Compare."""
+        return ["train: 64 random prompts", *self.prompt_sets()]
+
+    def label_prompts(self, prompt_set: str = "", typed: str = "", job_id: int | None = None) -> list[str]:
+        """The prompts to label: typed (one per line) when given, else a job's, else a named set."""
+        if typed.strip():
+            return [line.strip() for line in typed.splitlines() if line.strip()]
+        if job_id:
+            config = self.jobs.get(job_id).config
+            prompts = list(config.get("logging", {}).get("sample_prompts", []))
+            source = config.get("rollout", {}).get("prompts", "train")
+            if not str(source).startswith("train"):
+                from trainer_core.shapes.prompt_sets import read_prompts_file
+
+                return [*prompts, *(spec.prompt for spec in read_prompts_file(source))]
+            prompt_set = "train: 64 random prompts"
+            return [*prompts, *self.label_prompts(prompt_set)]
+        if prompt_set == "train: 64 random prompts":
+            from trainer_core.shapes.prompt_sets import train_prompts
+
+            return [spec.prompt for spec in train_prompts(64, seed=0)]
+        return self.prompt_set(prompt_set)
+
+    def start_labelling(self, source: LabelSource, labeller: str = "local") -> str:
+        """Open a labelling session (pairs start generating at once); returns its id."""
+        sampler = PairSampler(self.jobs, source, guide_reward(self.jobs.catalog, source))
+        session = LabelSession(self.labels, sampler, labeller or "local")
+        self.label_sessions[session.id] = session
+        while len(self.label_sessions) > MAX_LABEL_SESSIONS:
+            self.close_labelling(next(iter(self.label_sessions)))
+        return session.id
+
+    def _session(self, session_id: str) -> LabelSession:
+        session = self.label_sessions.get(session_id)
+        if session is None:
+            raise ValueError("session: no labelling session open; press Start labelling")
+        return session
+
+    def label_pair(self, session_id: str, timeout: float = 120.0) -> CandidatePair:
+        return self._session(session_id).next_pair(timeout)
+
+    def label(self, session_id: str, choice: str) -> int:
+        """Store a choice ("a" left, "b" right, "tie") for the pair on screen; returns the label's id."""
+        return self._session(session_id).choose(choice)
+
+    def skip_pair(self, session_id: str) -> None:
+        self._session(session_id).skip()
+
+    def undo_label(self, session_id: str) -> bool:
+        return self._session(session_id).undo()
+
+    def label_counts(self, session_id: str | None = None) -> SessionCounts:
+        if session_id and session_id in self.label_sessions:
+            return self.label_sessions[session_id].counts()
+        return SessionCounts(0, self.labels.count())
+
+    def close_labelling(self, session_id: str) -> None:
+        session = self.label_sessions.pop(session_id, None)
+        if session is not None:
+            session.close()
+
+    def fit_preference(self, name: str, features: str, labels_dir: str | None = None) -> PreferenceCard:
+        """Fit a preference reward on every stored label (or a labels folder) as the next version of NAME."""
+        labels = labels_from_folder(Path(labels_dir)) if labels_dir else labels_from_store(self.labels)
+        return fit_preference_reward(labels, features, name, self.jobs.catalog.store)
+
+    def preference_card(self, reference: str) -> PreferenceCard:
+        """The card of `pref:NAME` (latest) or `pref:NAME@vN`."""
+        return self.jobs.catalog.card(reference)
+
+    def preference_rewards(self) -> list[str]:
+        return self.jobs.catalog.preference_names()
+
+    def import_labels(self, directory: str) -> ImportResult:
+        return import_labels(self.labels, Path(directory))
+
+    def export_labels(self, out: str) -> int:
+        return export_labels(self.labels, Path(out))

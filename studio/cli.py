@@ -3,6 +3,7 @@
 vgrpo sample --model shapes-base --prompt "two red circles" --seeds 0-7 --out grid.png
 vgrpo eval --model shapes-base (--prompt-set heldout | --prompts-file FILE) --seeds 4 --out eval.json
 vgrpo pretrain-shapes --out DIR [--steps N]
+vgrpo label ... | labels import DIR | labels export --out DIR | reward fit --out NAME   (preference rewards)
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_source.add_argument("--preset", help="a built-in preset, e.g. shapes-smoke, shapes-geneval, shapes-compress")
     train.add_argument("--out", type=Path, required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--data-dir", help="where pref:NAME rewards are found (env VGRPO_HOME, default ./studio_data)")
     train.add_argument("--iterations", type=int, help="override the config's iterations")
     train.add_argument(
         "--time-budget-minutes", type=float, help="override the config's time_budget_minutes (0: no limit)"
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         control = job_commands.add_parser(verb, help=f"{verb} a job")
         _storage_args(control)
         control.add_argument("id", type=int)
+    from studio.cli_preference import add_commands
+
+    add_commands(commands, _storage_args)
     return parser
 
 
@@ -295,7 +300,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
         bar.refresh()
 
-    result = run_training(config, args.out, resume=args.resume, on_iteration=report)
+    from storage.data_dir import DataDir
+
+    result = run_training(config, args.out, resume=args.resume, on_iteration=report, data_dir=DataDir(args.data_dir))
     bar.close()
     if result.interrupted:
         print(f"stopped at iteration {result.iterations_done}; resume with: vgrpo train --out {args.out} --resume")
@@ -508,7 +515,19 @@ def _job_row(view: JobView) -> dict[str, object]:
     }
 
 
+def _preference_command(name: str):  # -> Callable[[argparse.Namespace], None]
+    def run(args: argparse.Namespace) -> None:
+        from studio import cli_preference
+
+        getattr(cli_preference, f"cmd_{name}")(args)
+
+    return run
+
+
 COMMANDS = {
+    "label": _preference_command("label"),
+    "labels": _preference_command("labels"),
+    "reward": _preference_command("reward"),
     "sample": cmd_sample,
     "eval": cmd_eval,
     "pretrain-shapes": cmd_pretrain,

@@ -58,6 +58,7 @@ def run_claimed_job(service: JobService, job_id: int, token: str, heartbeat_s: f
             resume=resume,
             on_iteration=on_iteration,
             should_stop=stop.is_set,
+            data_dir=service.data_dir,
             on_checkpoint=lambda iteration, path: service.record_checkpoint(job_id, iteration, str(path)),
             on_samples=lambda iteration, path: service.record_samples(
                 job_id,

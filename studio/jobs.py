@@ -7,6 +7,7 @@ never both win a claim or both finish a job, on SQLite and on PostgreSQL alike.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import Checkpoint, Job, JobStatus, Metric, Sample, utcnow
+from studio.reward_catalog import RewardCatalog
 from trainer_core.config import ConfigError, TrainConfig, from_dict, to_dict
 
 S = JobStatus
@@ -29,10 +31,12 @@ class JobError(ValueError):
     """A job request that cannot be honoured (unknown job, wrong state, invalid config)."""
 
 
-def validate_config(data: dict[str, Any] | TrainConfig) -> TrainConfig:
-    """The whole config, checked before anything is stored: fields, the model and the rewards exist."""
+def validate_config(data: dict[str, Any] | TrainConfig, catalog: RewardCatalog | None = None) -> TrainConfig:
+    """The whole config, checked before anything is stored: fields, the model and the rewards exist.
+
+    Preference rewards are looked up in `catalog` (the default data directory's when None).
+    """
     from trainer_core.model_zoo import ModelNotFoundError, resolve_model
-    from trainer_core.rewards.builtin import builtin_rewards
 
     config = data if isinstance(data, TrainConfig) else from_dict(TrainConfig, data)
     try:
@@ -40,11 +44,14 @@ def validate_config(data: dict[str, Any] | TrainConfig) -> TrainConfig:
     except ModelNotFoundError as error:
         message = str(error).removeprefix("model:").strip()
         raise ConfigError(f"model.name: {message}") from None
-    available = builtin_rewards()
-    unknown = sorted(set(config.rewards.weights) - set(available))
-    if unknown:
-        raise ConfigError(f"rewards.weights.{unknown[0]}: unknown reward; available: {', '.join(sorted(available))}")
+    (catalog or RewardCatalog()).check(config.rewards.weights)
     return config
+
+
+def pin_rewards(config: TrainConfig, catalog: RewardCatalog) -> TrainConfig:
+    """The config with each preference reward pinned to the version it will train on."""
+    weights = catalog.pin(config.rewards.weights)
+    return dataclasses.replace(config, rewards=dataclasses.replace(config.rewards, weights=weights))
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class JobView:
 class JobService:
     def __init__(self, database: Database, data_dir: DataDir) -> None:
         self.db, self.data_dir = database, data_dir
+        self.catalog = RewardCatalog(data_dir)
 
     # --- submitting and controlling ---------------------------------------------------------
 
@@ -81,8 +89,9 @@ class JobService:
     def submit_many(
         self, configs: list[dict[str, Any] | TrainConfig], priority: int = 0, max_attempts: int = 3, name: str = ""
     ) -> list[int]:
-        """Several jobs in one transaction, all validated first: all are stored or none is."""
-        checked = [validate_config(c) for c in configs]
+        """Several jobs in one transaction, all validated first: all are stored or none is. Preference
+        rewards are pinned to their latest version (`pref:NAME` -> `pref:NAME@vN`)."""
+        checked = [pin_rewards(validate_config(c, self.catalog), self.catalog) for c in configs]
         if max_attempts < 1:
             raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
         with self.db.session() as session:
@@ -234,6 +243,24 @@ class JobService:
                 .order_by(Sample.iteration)
             )
             return [(iteration, str(self.data_dir.inside(path))) for iteration, path in rows]
+
+    def sample_rows(self, job_id: int) -> list[tuple[int, list[str], list[int], str]]:
+        """(iteration, prompts, seeds, absolute PNG path) of every sample grid, oldest first: the grid has a
+        row per prompt and a column per seed, in these orders."""
+        grids: dict[int, tuple[list[str], list[int], str]] = {}
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Sample.iteration, Sample.prompt, Sample.seed, Sample.image_path)
+                .where(Sample.job_id == job_id)
+                .order_by(Sample.iteration, Sample.id)
+            )
+            for iteration, prompt, seed, path in rows:
+                prompts, seeds, _ = grids.setdefault(iteration, ([], [], path))
+                if prompt not in prompts:
+                    prompts.append(prompt)
+                if seed not in seeds:
+                    seeds.append(seed)
+        return [(i, p, s, str(self.data_dir.inside(path))) for i, (p, s, path) in sorted(grids.items())]
 
     def checkpoints(self, job_id: int) -> list[Checkpoint]:
         with self.db.session() as session:

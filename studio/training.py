@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
+from storage.data_dir import DataDir
+from studio.reward_catalog import RewardCatalog
 from studio.runs import RunDirectory
 from trainer_core.adapters import load_adapter
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config, load_config
 from trainer_core.image_grid import save_grid
 from trainer_core.rewards.base import RewardMix
-from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.trainer import GroupTrainer
 
 
@@ -52,8 +53,10 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def build_rewards(config: TrainConfig) -> RewardMix:
-    return RewardMix(builtin_rewards(), config.rewards)
+def build_rewards(config: TrainConfig, data_dir: DataDir | None = None) -> RewardMix:
+    """The config's reward mix; preference rewards come from `data_dir` (the default one when None)."""
+    catalog = RewardCatalog(data_dir)
+    return RewardMix(catalog.build(list(config.rewards.weights)), config.rewards)
 
 
 def run_training(
@@ -65,6 +68,7 @@ def run_training(
     on_checkpoint: Callable[[int, Path], None] | None = None,
     on_samples: Callable[[int, Path], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    data_dir: DataDir | None = None,
 ) -> TrainingResult:
     """Train to `config.iterations`, or until `config.time_budget_minutes` runs out, writing the run
     directory as it goes.
@@ -74,7 +78,8 @@ def run_training(
     `config.iterations` and `config.time_budget_minutes` may extend it. Ctrl-C, or `should_stop()`
     returning True, stops at the next iteration boundary with a checkpoint. `on_iteration`, `on_checkpoint` and
     `on_samples` hear of each metrics row, checkpoint file and sample grid once it is on disk.
-    `clock` (seconds) times the run for `wall_time_s` and the budget.
+    `clock` (seconds) times the run for `wall_time_s` and the budget. Preference rewards are read from
+    `data_dir` (the default data directory when None).
     """
     run = RunDirectory(out)
     if run.exists() and not resume:
@@ -85,7 +90,7 @@ def run_training(
     run.create(dump_config(config))
 
     adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
-    rewards = build_rewards(config)
+    rewards = build_rewards(config, data_dir)
     trainer = make_trainer(adapter, rewards, config)
 
     start = 0

@@ -22,6 +22,30 @@ def make_grid(images: np.ndarray, rows: int, scale: int = 1, pad: int = 2) -> Im
     return grid
 
 
+def grid_cells(grid: np.ndarray, rows: int, cols: int, scale: int = 4, pad: int = 2) -> np.ndarray:
+    """The images [rows * cols, h, w, 3] of a grid `save_grid` wrote (row labels or not), row-major.
+
+    The cells are read from the right edge, so a label column of any width is skipped; nearest-neighbour
+    upscaling makes every cell's pixels exact.
+    """
+    height, width = grid.shape[:2]
+    cell = (height - pad) // rows - pad
+    if cell < scale or rows * (cell + pad) + pad != height or cell % scale:
+        raise ValueError(f"grid: a {width}x{height} image is not {rows} rows of cells at scale {scale}, pad {pad}")
+    left = width - (cols * (cell + pad) + pad)
+    if left < 0:
+        raise ValueError(f"grid: a {width}x{height} image is narrower than {cols} columns of {cell}-pixel cells")
+    tiles = [
+        grid[
+            pad + r * (cell + pad) : pad + r * (cell + pad) + cell : scale,
+            left + pad + c * (cell + pad) : left + pad + c * (cell + pad) + cell : scale,
+        ]
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    return np.ascontiguousarray(np.stack(tiles))
+
+
 def save_grid(
     images: np.ndarray, rows: int, out: Path, scale: int = 4, row_labels: list[str] | None = None
 ) -> Image.Image:

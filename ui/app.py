@@ -5,9 +5,10 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.api import Studio
-from ui import compare_tab, export_tab, jobs_tab, train_tab
+from ui import compare_tab, export_tab, jobs_tab, label_tab, train_tab
 
-CSS = ".form-error { color: #b42318; font-weight: 600; }"
+CSS = ".form-error { color: #b42318; font-weight: 600; }\n" + label_tab.CSS
+HEAD = label_tab.KEYBOARD_SCRIPT
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -16,7 +17,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             "# V-GRPO Studio\nAlign an image model with what you want: pick a model and rewards, Start, watch it learn."
         )
         with gr.Tabs():
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train:
                 form = train_tab.build(studio)
             with gr.Tab("Jobs", id="jobs"):
                 jobs_tab.build(studio, form)
@@ -24,7 +25,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                 compare_refresh, compare_checkpoints = compare_tab.build(studio)
             with gr.Tab("Export", id="export") as export:
                 export_refresh, export_checkpoint = export_tab.build(studio)
+            with gr.Tab("Label", id="label") as label:
+                label_refresh, label_outputs = label_tab.build(studio)
         # Opening a tab lists the checkpoints written since the page loaded.
         compare.select(compare_refresh, None, compare_checkpoints)
         export.select(export_refresh, None, export_checkpoint)
+        label.select(label_refresh, None, label_outputs)
+        # preference rewards fitted in the Label tab appear in the mix when Train is opened again
+        train.select(form.refresh_preferences, form.preference, form.preference)
     return app

@@ -62,27 +62,44 @@ def _parse(value: Any, kind: str) -> Any:
     return value
 
 
+NO_PREFERENCE = "(none)"
+
+
 @dataclass
 class TrainForm:
     model: gr.Dropdown
     fields: dict[str, gr.components.Component]
-    weights: dict[str, gr.Number]
+    weights: dict[str, gr.Number]  # one per built-in reward
+    preference: gr.Dropdown  # a fitted preference reward (pref:NAME), or NO_PREFERENCE
+    preference_weight: gr.Number
     aggregation: gr.Radio
     base: gr.State  # the config the form edits (sections the form does not show come from it)
     status: gr.HTML | None = None  # where errors and "job queued" appear
     apply: Callable[[dict[str, Any] | str], list[Any]] | None = None  # fill the form from a config, or show an error
+    refresh_preferences: Callable[[str], Any] | None = None  # list the preference rewards fitted since
 
     def components(self) -> list[gr.components.Component]:
-        return [self.model, *self.fields.values(), *self.weights.values(), self.aggregation, self.base]
+        return [
+            self.model,
+            *self.fields.values(),
+            *self.weights.values(),
+            self.preference,
+            self.preference_weight,
+            self.aggregation,
+            self.base,
+        ]
 
     @staticmethod
     def values(config: dict[str, Any], rewards: list[str]) -> list[Any]:
-        """Form values for `config`, in `components()` order."""
+        """Form values for `config`, in `components()` order (the form shows one preference reward)."""
         weights = config["rewards"]["weights"]
+        preference = next((name for name in weights if name not in rewards), None)
         return [
             config["model"]["name"],
             *(_format(_get(config, path)) for path in FIELDS),
             *(weights.get(name, 0.0) for name in rewards),
+            preference or NO_PREFERENCE,
+            weights.get(preference, 0.0) if preference else 0.0,
             config["rewards"]["aggregation"],
             config,
         ]
@@ -92,12 +109,14 @@ class TrainForm:
         model, *rest = values
         field_values = rest[: len(FIELDS)]
         weight_values = rest[len(FIELDS) : len(FIELDS) + len(rewards)]
-        aggregation, base = rest[len(FIELDS) + len(rewards) :]
+        preference, preference_weight, aggregation, base = rest[len(FIELDS) + len(rewards) :]
         config = copy.deepcopy(base)
         _set(config, "model.name", (model or "").strip())
         for (path, (_, kind)), value in zip(FIELDS.items(), field_values, strict=True):
             _set(config, path, _parse(value, kind))
         chosen = {name: float(w or 0) for name, w in zip(rewards, weight_values, strict=True) if w}
+        if preference and preference != NO_PREFERENCE and preference_weight:
+            chosen[preference] = float(preference_weight)
         config["rewards"] = {"weights": chosen or dict.fromkeys(rewards[:1], 0.0), "aggregation": aggregation}
         return config
 
@@ -113,7 +132,7 @@ def _error(message: str) -> str:
 def build(studio: Studio) -> TrainForm:
     help_text = studio.field_help()
     config = studio.preset_config(DEFAULT_PRESET)
-    rewards = studio.rewards()
+    rewards = studio.builtin_rewards()
     choices = {
         "algorithm": studio.algorithms(),
         "rollout.solver": studio.solvers(),
@@ -156,13 +175,25 @@ def build(studio: Studio) -> TrainForm:
                 )
                 for name in rewards
             }
+        with gr.Row():
+            preference = gr.Dropdown(
+                [NO_PREFERENCE, *studio.preference_rewards()],
+                value=NO_PREFERENCE,
+                label="Preference reward",
+                info="fitted on your labels in the Label tab; pref:NAME trains on its latest version",
+                allow_custom_value=True,  # a duplicated job's pinned pref:NAME@vN
+                elem_id="train-preference",
+                scale=3,
+            )
+            preference_weight = gr.Number(0.0, label="its weight", elem_id="weight-preference", min_width=120)
+        preference_card = gr.Markdown(elem_id="train-preference-card")
         aggregation = gr.Radio(
             ["sum_then_normalize", "normalize_then_sum"],
             value=config["rewards"]["aggregation"],
             label="Aggregation",
             info=help_text.get("rewards.aggregation", ""),
         )
-    form = TrainForm(model, fields, weights, aggregation, gr.State(config))
+    form = TrainForm(model, fields, weights, preference, preference_weight, aggregation, gr.State(config))
     with gr.Accordion("Config as YAML", open=False):
         yaml_box = gr.Code(language="yaml", label="config.yaml", interactive=True, elem_id="train-yaml")
         with gr.Row():
@@ -196,7 +227,23 @@ def build(studio: Studio) -> TrainForm:
     def apply(config_or_error: dict[str, Any] | str) -> list[Any]:
         if isinstance(config_or_error, str):
             return [gr.update() for _ in form.components()] + [_error(config_or_error)]
-        return [*form.values(config_or_error, rewards), ""]
+        config, note = studio.latest_preference_versions(config_or_error)
+        if len([name for name in config["rewards"]["weights"] if name not in rewards]) > 1:
+            message = "the form shows one preference reward and this config has several: edit it as YAML"
+            return [gr.update() for _ in form.components()] + [_error(message)]
+        notice = f'<div id="train-note">{html.escape(note)}</div>' if note else ""
+        return [*form.values(config, rewards), notice]
+
+    def on_preference(name: str) -> str:
+        if not name or name == NO_PREFERENCE:
+            return ""
+        try:
+            return studio.preference_card(name).summary()
+        except (ConfigError, ValueError) as error:
+            return f"⚠ {error}"
+
+    def refresh_preferences(current: str) -> Any:
+        return gr.update(choices=[NO_PREFERENCE, *studio.preference_rewards()], value=current)
 
     def on_from_yaml(text: str) -> list[Any]:
         try:
@@ -211,6 +258,8 @@ def build(studio: Studio) -> TrainForm:
     def on_preset(name: str) -> list[Any]:
         return apply(studio.preset_config(name))
 
+    preference.change(on_preference, preference, preference_card)
+    form.refresh_preferences = refresh_preferences
     start.click(on_start, form.components(), status)
     to_yaml.click(on_to_yaml, form.components(), [yaml_box, download_yaml, status])
     from_yaml.click(on_from_yaml, yaml_box, [*form.components(), status])
