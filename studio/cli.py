@@ -152,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--device", default="auto")
     throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
 
+    preference = benches.add_parser(
+        "preference", help="simulated tastes: reward accuracy vs labels (random, uncertain first), then training"
+    )
+    preference.add_argument("--tastes", default="left,large,warm", help="simulated tastes (left,large,warm)")
+    preference.add_argument("--repeats", type=int, default=3, help="labeller seeds per taste and order (3)")
+    preference.add_argument("--iterations", type=int, default=80, help="V-GRPO iterations per taste (80)")
+    preference.add_argument("--time-budget-minutes", type=float, default=20.0, help="training budget per taste (20)")
+    preference.add_argument("--no-training", action="store_true", help="only the label-efficiency part")
+    preference.add_argument("--work", type=Path, default=Path("out/bench-preference"), help="scratch runs")
+    preference.add_argument("--out", type=Path, default=Path("bench/results/preference"))
+
     worker = commands.add_parser("worker", help="claim and run queued jobs from the database (one process each)")
     _storage_args(worker)
     worker.add_argument("--max-concurrent-jobs", type=int, default=1)
@@ -316,8 +327,33 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "speed": bench_speed,
         "ablation": bench_ablation,
         "throughput": bench_throughput,
+        "preference": bench_preference,
     }
     benches[args.bench](args)
+
+
+def bench_preference(args: argparse.Namespace) -> None:
+    import shutil
+
+    from studio.bench import format_rows
+    from studio.bench.preference import PreferenceBenchSettings, preference_benchmark, summary_rows, write_outputs
+
+    settings = PreferenceBenchSettings(
+        tastes=tuple(t.strip() for t in args.tastes.split(",") if t.strip()),
+        repeats=args.repeats,
+        iterations=args.iterations,
+        time_budget_minutes=args.time_budget_minutes,
+    )
+    if args.work.exists():
+        shutil.rmtree(args.work)  # scratch: a fresh data directory and runs every time
+    report = preference_benchmark(
+        settings, args.work, train=not args.no_training, log=lambda line: print(line, flush=True)
+    )
+    report["command"] = "vgrpo " + " ".join(sys.argv[1:])
+    write_outputs(report, args.out)
+    rows = summary_rows(report)
+    print(format_rows(rows, list(dict.fromkeys(k for r in rows for k in r))))
+    print(f"wrote {args.out}/preference.json and preference.md")
 
 
 def bench_ablation(args: argparse.Namespace) -> None:

@@ -26,6 +26,9 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"no {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
+APP_HOMES: dict[str, Path] = {}  # the app's URL -> its data directory
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,6 +47,7 @@ def app_url(tmp_path_factory):
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    APP_HOMES[url] = data / "home"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -57,7 +61,7 @@ def app_url(tmp_path_factory):
     process.terminate()
     process.wait(timeout=30)
     log.close()
-    subprocess.run(["pkill", "-f", f"--data-dir {data / 'home'}"], check=False)  # the app's job processes
+    subprocess.run(["pkill", "-f", "--", f"--data-dir {data / 'home'}"], check=False)  # the app's job processes
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +167,82 @@ def test_a_new_user_trains_watches_compares_and_exports(page, tmp_path):
         assert handle.metadata()["iterations"] == "6"
     assert keys and all(KOHYA_KEY.match(k) for k in keys)
     shot(page, "export")
+
+
+def pair_shown(page) -> str:
+    """The left image's source once a pair is on screen."""
+    page.wait_for_selector("#label-left img", timeout=120_000)
+    return page.locator("#label-left img").get_attribute("src")
+
+
+def session_count(page) -> int:
+    match = re.search(r"This session: (\d+)", page.locator("#label-counter").inner_text())
+    return int(match.group(1)) if match else -1
+
+
+def press_and_wait(page, key: str, expected: int) -> float:
+    """Press a shortcut; seconds until the counter says `expected` and a new pair is on screen."""
+    before = pair_shown(page)
+    started = time.monotonic()
+    page.keyboard.press(key)
+    page.wait_for_function(
+        "([n, src]) => { const c = document.querySelector('#label-counter')?.innerText || '';"
+        " const img = document.querySelector('#label-left img');"
+        " return c.includes('This session: ' + n) && img && img.getAttribute('src') !== src; }",
+        arg=[expected, before],
+        timeout=60_000,
+    )
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_a_person_labels_with_the_keyboard_fits_and_trains_on_the_reward(page, app_url):
+    from storage.data_dir import DataDir
+    from studio.api import Studio
+
+    page.get_by_role("tab", name="Label").click()
+    page.click("#label-start")
+    pair_shown(page)
+    assert page.locator("#label-prompt").inner_text().strip()
+    shot(page, "label")
+    page.locator("#label-prompt").click()  # keys act when no text field has the focus
+
+    latencies = []
+    for n, key in enumerate(["1", "2", "1", "2", "3", "1", "2", "1", "2", "1"], start=1):
+        latencies.append(press_and_wait(page, key, n))
+    page.keyboard.press("Backspace")  # undo the tenth: its pair comes back
+    page.wait_for_function("document.querySelector('#label-counter')?.innerText.includes('This session: 9')")
+    for n, key in ((10, "2"), (11, "1")):
+        latencies.append(press_and_wait(page, key, n))
+    latencies.sort()
+    print(f"\nlabel to next pair in the browser: median {latencies[len(latencies) // 2]:.2f} s, "
+          f"max {latencies[-1]:.2f} s over {len(latencies)} labels")
+
+    page.get_by_text("Fit a preference reward on every label").click()
+    field(page, "label-fit-name").fill("browser-taste")
+    page.click("#label-fit")
+    page.locator("#label-fit-ok").wait_for(timeout=120_000)
+    assert "pref:browser-taste@v1" in page.locator("#label-fit-ok").inner_text()
+    assert "11 labels" in page.locator("#label-fit-ok").inner_text()
+    shot(page, "label_fit")
+
+    page.get_by_role("tab", name="Train").click()
+    fresh_form(page)
+    page.locator("#train-preference input").click()
+    page.get_by_role("option", name="pref:browser-taste").click()
+    page.wait_for_function(
+        "document.querySelector('#train-preference-card')?.innerText.includes('pref:browser-taste@v1')",
+        timeout=20_000,
+    )
+    field(page, "weight-preference").fill("0.5")
+    field(page, "weight-preference").press("Tab")
+    page.click("#train-start")
+    page.locator("#train-ok").wait_for(timeout=20_000)
+    job_id = int(re.search(r"Job (\d+) queued", page.locator("#train-ok").inner_text()).group(1))
+    shot(page, "train_preference")
+
+    studio = Studio(DataDir(APP_HOMES[app_url]))
+    labels = studio.labels.all()
+    assert len(labels) == 11 and sorted(r.choice for r in labels).count("tie") == 1
+    assert all(studio.labels.load_image(r.image_a).shape == (32, 32, 3) for r in labels)
+    assert studio.job_config(job_id)["rewards"]["weights"]["pref:browser-taste@v1"] == 0.5

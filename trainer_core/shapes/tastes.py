@@ -51,9 +51,11 @@ class Taste:
 TASTES: dict[str, Taste] = {
     taste.name: taste
     for taste in (
-        Taste("left", "objects placed towards the left", _leftness, 0.01),
-        Taste("large", "large objects", _largeness, 0.002),
-        Taste("warm", "a warm (reddish rather than bluish) background", _warmth, 1.5 / 255),
+        # the tie thresholds are about what a person notices on a 32-pixel image: a pixel of shift, four
+        # pixels of area, six levels of red against blue
+        Taste("left", "objects placed towards the left", _leftness, 1 / 32),
+        Taste("large", "large objects", _largeness, 4 / 1024),
+        Taste("warm", "a warm (reddish rather than bluish) background", _warmth, 6 / 255),
     )
 }
 

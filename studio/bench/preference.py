@@ -1,0 +1,362 @@
+"""`vgrpo bench preference`: does a person's labelling move the model toward their taste?
+
+Simulated people with hidden tastes (`trainer_core.shapes.tastes`: objects to the left, large objects,
+a warm background; none measured by a built-in reward) label pairs of `shapes-base` images with 10%
+slips, through the studio's own code: the Label tab's pair sampler logic, the stored labels' fit, the
+versioned reward, and a V-GRPO job config that names it.
+
+1. Label efficiency. A pool of candidate pairs (two of four seeds of one training prompt, as the Label
+   tab draws them) and a fixed test set of pairs on other prompts. Labels are drawn one prompt at a
+   time, in random order (a random pair of the prompt's six) or uncertain first (the pair whose
+   predicted preference under the current fit is closest to 50/50; the fit is redone every 25 labels).
+   At each label count the reward is fitted with nested cross-validation: the cross-validated accuracy
+   on the (noisy) labels, whose ceiling is 1 - noise, and the accuracy against the noiseless taste on
+   the test pairs, which is what the comparison of the two orders uses (uncertain pairs are the hard
+   ones, so their own CV accuracy reads lower). Repeated with several labeller and sampler seeds.
+2. Training. For each taste, the reward fitted on 200 random labels is stored in a scratch data
+   directory and trained on with V-GRPO (`shapes-geneval` with the mix geneval + partial + pref:TASTE,
+   normalised then summed) for a fixed number of iterations inside the time budget. Win rate of the
+   tuned model over the base on held-out prompts (same prompt and seed, judged by the noiseless taste,
+   a tie counting half) and held-out geneval accuracy before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from storage.data_dir import DataDir
+from storage.reward_store import RewardStore
+from studio.labeling import CANDIDATE_SEEDS
+from studio.preference import LabelSet, fit_preference_reward
+from trainer_core.adapters import load_adapter
+from trainer_core.config import TrainConfig, from_dict, load_preset, to_dict
+from trainer_core.preference.bradley_terry import (
+    BradleyTerryConfig,
+    LinearPreferenceModel,
+    cross_validate,
+    fit_bradley_terry,
+    outcomes,
+    select_penalty,
+)
+from trainer_core.preference.features import build_features
+from trainer_core.preference.selection import all_pairs, uncertain_first
+from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
+from trainer_core.shapes.prompt_sets import load_heldout, train_prompts
+from trainer_core.shapes.tastes import TASTES, SimulatedLabeller
+
+ORDERS = ("random", "uncertain")
+SCORE = {"a": 1.0, "tie": 0.5, "b": 0.0}
+
+
+@dataclass(frozen=True)
+class PreferenceBenchSettings:
+    """What `vgrpo bench preference` runs (every value is written into the report).
+
+    tastes: the simulated people (left, large, warm).
+    noise: each labeller's share of slips (0.1).
+    label_counts: where the accuracy curves are read (25, 50, 100, 200, 400).
+    round_size: labels between refits when ordering uncertain first (25).
+    repeats: labeller and sampler seeds per taste and order (3).
+    pool_prompts: training prompts of the candidate pool, CANDIDATE_SEEDS images each (450).
+    test_pairs: pairs on other prompts the accuracy against the noiseless taste is read on (400).
+    train_labels: random labels the trained-on reward is fitted with (200).
+    preset, iterations, time_budget_minutes, preference_weight: the V-GRPO run per taste
+        (shapes-geneval, 80, 20, 1.0).
+    eval_seeds: seeds per held-out prompt for the win rate and the geneval accuracy (2).
+    """
+
+    tastes: tuple[str, ...] = tuple(TASTES)
+    noise: float = 0.1
+    label_counts: tuple[int, ...] = (25, 50, 100, 200, 400)
+    round_size: int = 25
+    repeats: int = 3
+    pool_prompts: int = 450
+    test_pairs: int = 400
+    train_labels: int = 200
+    preset: str = "shapes-geneval"
+    iterations: int = 80
+    time_budget_minutes: float = 20.0
+    preference_weight: float = 1.0
+    eval_seeds: int = 2
+    features: str = "shapes-stats"
+
+    def __post_init__(self) -> None:
+        for taste in self.tastes:
+            if taste not in TASTES:
+                raise ValueError(f"--tastes: unknown {taste!r}; allowed: {', '.join(TASTES)}")
+        if max(self.label_counts) > self.pool_prompts:
+            raise ValueError("label_counts: at most one label per pool prompt; raise pool_prompts")
+        if any(n % self.round_size for n in self.label_counts):
+            raise ValueError(f"label_counts: each must be a multiple of round_size ({self.round_size})")
+
+
+@dataclass
+class Pool:
+    prompts: list[str]
+    images: np.ndarray  # [P * CANDIDATE_SEEDS, H, W, 3], prompt-major
+    features: np.ndarray  # [P * CANDIDATE_SEEDS, D]
+
+    def index(self, prompt: int, seed: int) -> int:
+        return prompt * CANDIDATE_SEEDS + seed
+
+
+def build_pool(adapter, prompts: list[str], seeds: int, sampling: SamplingConfig, features) -> Pool:
+    flat = [p for p in prompts for _ in range(seeds)]
+    images = generate_images(adapter, flat, [s for _ in prompts for s in range(seeds)], sampling)
+    return Pool(prompts, images, features(images, flat))
+
+
+def label_curve(
+    pool: Pool,
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    taste: str,
+    order: str,
+    seed: int,
+    settings: PreferenceBenchSettings,
+    config: BradleyTerryConfig,
+) -> list[dict[str, float]]:
+    """Accuracy at each label count for one labeller seed and one order."""
+    rng = random.Random(seed)
+    labeller = SimulatedLabeller(taste, settings.noise, seed)
+    test_a, test_b, test_truth = test
+    decided_test = test_truth != 0.5
+    prompts = list(range(len(pool.prompts)))
+    rng.shuffle(prompts)
+    pairs = all_pairs(CANDIDATE_SEEDS)
+    chosen: list[tuple[int, int]] = []
+    choices: list[str] = []
+    model: LinearPreferenceModel | None = None
+    rows = []
+    for start in range(0, max(settings.label_counts), settings.round_size):
+        for prompt in prompts[start : start + settings.round_size]:
+            candidates = [(pool.index(prompt, i), pool.index(prompt, j)) for i, j in pairs]
+            if order == "uncertain" and model is not None:
+                a_idx, b_idx = zip(*candidates, strict=True)
+                predicted = model.preference(pool.features[list(a_idx)], pool.features[list(b_idx)])
+                pick = candidates[int(uncertain_first(predicted, 1)[0])]
+            else:
+                pick = rng.choice(candidates)
+            chosen.append(pick)
+            choices.append(labeller.choose(pool.images[pick[0]], pool.images[pick[1]]))
+        n = len(chosen)
+        if order == "random" and n not in settings.label_counts:
+            continue  # random picks need no fit between the counts read
+        fa = pool.features[[a for a, _ in chosen]]
+        fb = pool.features[[b for _, b in chosen]]
+        y = outcomes(choices)
+        groups = [a // CANDIDATE_SEEDS for a, _ in chosen]  # one prompt's images share a group
+        penalty = select_penalty(fa, fb, y, np.asarray(groups), config)
+        model = fit_bradley_terry(fa, fb, y, penalty)
+        if n in settings.label_counts:
+            cv = cross_validate(fa, fb, y, groups, config)
+            predicted = model.preference(test_a, test_b)[decided_test] > 0.5
+            accuracy = float(np.mean(predicted == (test_truth[decided_test] == 1.0)))
+            rows.append(
+                {
+                    "labels": n,
+                    "cv_accuracy": cv.accuracy,
+                    "cv_standard_error": cv.standard_error,
+                    "test_accuracy": accuracy,
+                    "penalty": str(penalty),
+                }
+            )
+        elif order == "uncertain" and n < max(settings.label_counts):
+            predicted = model.preference(test_a, test_b)[decided_test] > 0.5
+            rows.append({"labels": n, "test_accuracy": float(np.mean(predicted == (test_truth[decided_test] == 1.0)))})
+    return rows
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def label_efficiency(
+    adapter,
+    settings: PreferenceBenchSettings,
+    sampling: SamplingConfig,
+    log,
+) -> dict[str, object]:
+    features = build_features(settings.features)
+    started = time.monotonic()
+    pool_prompts = [s.prompt for s in train_prompts(settings.pool_prompts, seed=101)]
+    pool = build_pool(adapter, pool_prompts, CANDIDATE_SEEDS, sampling, features)
+    test_prompts = [s.prompt for s in train_prompts(settings.test_pairs, seed=202)]
+    test_pool = build_pool(adapter, test_prompts, 2, sampling, features)
+    log(f"pool of {len(pool.images)} and test of {len(test_pool.images)} images in {time.monotonic() - started:.0f} s")
+    config = BradleyTerryConfig()
+    result: dict[str, object] = {}
+    for taste in settings.tastes:
+        truth = SimulatedLabeller(taste).truth(test_pool.images[0::2], test_pool.images[1::2])
+        test = (test_pool.features[0::2], test_pool.features[1::2], outcomes(truth))
+        curves = {
+            order: [label_curve(pool, test, taste, order, seed, settings, config) for seed in range(settings.repeats)]
+            for order in ORDERS
+        }
+        summary = {}
+        for order, runs in curves.items():
+            table = []
+            for n in settings.label_counts:
+                at_n = [next(r for r in run if r["labels"] == n) for run in runs]
+                cv_mean, cv_sd = _mean_sd([r["cv_accuracy"] for r in at_n])
+                test_mean, test_sd = _mean_sd([r["test_accuracy"] for r in at_n])
+                table.append(
+                    {
+                        "labels": n,
+                        "cv_accuracy": cv_mean,
+                        "cv_sd": cv_sd,
+                        "test_accuracy": test_mean,
+                        "test_sd": test_sd,
+                    }
+                )
+            summary[order] = table
+        random_200 = next(r["test_accuracy"] for r in summary["random"] if r["labels"] == 200)
+        uncertain_mean = {}
+        for row in curves["uncertain"][0]:
+            n = row["labels"]
+            uncertain_mean[n] = float(
+                np.mean([next(r for r in run if r["labels"] == n)["test_accuracy"] for run in curves["uncertain"]])
+            )
+        reached = min((n for n, acc in uncertain_mean.items() if acc >= random_200), default=None)
+        result[taste] = {
+            "orders": summary,
+            "runs": curves,
+            "uncertain_mean_test_accuracy": uncertain_mean,
+            "random_200_test_accuracy": random_200,
+            "uncertain_labels_to_reach_random_200": reached,
+            "test_ties": int(np.sum(test[2] == 0.5)),
+        }
+        log(f"{taste}: random 200 -> test {random_200:.3f}; uncertain first reaches it with {reached} labels")
+    return result
+
+
+def train_on_taste(
+    taste: str, settings: PreferenceBenchSettings, work: Path, sampling: SamplingConfig, log
+) -> dict[str, object]:
+    """Fit on 200 random labels through the studio's fit, train V-GRPO on pref:TASTE, judge by the taste."""
+    from studio.training import run_training
+
+    data_dir = DataDir(work / "home").create()
+    adapter = load_adapter("shapes-base")
+    labeller = SimulatedLabeller(taste, settings.noise, seed=7)
+    rng = random.Random(7)
+    prompts = [s.prompt for s in train_prompts(settings.train_labels, seed=303)]
+    seeds = [rng.sample(range(1000), 2) for _ in prompts]
+    images_a = generate_images(adapter, prompts, [s[0] for s in seeds], sampling)
+    images_b = generate_images(adapter, prompts, [s[1] for s in seeds], sampling)
+    choices = [labeller.choose(a, b) for a, b in zip(images_a, images_b, strict=True)]
+    now = datetime.now(UTC)
+    labels = LabelSet(
+        prompts, list(images_a), list(images_b), choices, [f"simulated-{taste}"] * len(prompts), [now] * len(prompts)
+    )
+    card = fit_preference_reward(labels, settings.features, taste, RewardStore(data_dir))
+    log(f"{taste}: fitted {card.summary()}")
+
+    config = load_preset(settings.preset)
+    data = to_dict(config)
+    data.update(iterations=settings.iterations, time_budget_minutes=settings.time_budget_minutes)
+    data["rewards"] = {
+        "weights": {"geneval": 1.0, "partial": 0.5, f"pref:{taste}": settings.preference_weight},
+        "aggregation": "normalize_then_sum",
+        "advantage_std": "group",
+    }
+    data["logging"] = {**data["logging"], "sample_every": 0, "checkpoint_every": settings.iterations}
+    config = from_dict(TrainConfig, data)
+    started = time.monotonic()
+    result = run_training(config, work / f"run-{taste}", data_dir=data_dir)
+    train_s = time.monotonic() - started
+    log(f"{taste}: {result.iterations_done} iterations in {train_s / 60:.1f} min")
+
+    specs = load_heldout()
+    held_prompts = [s.prompt for s in specs for _ in range(settings.eval_seeds)]
+    held_seeds = [seed for _ in specs for seed in range(settings.eval_seeds)]
+    base_adapter = load_adapter("shapes-base")
+    base_images = generate_images(base_adapter, held_prompts, held_seeds, sampling)
+    base_eval = evaluate(base_adapter, specs, settings.eval_seeds, sampling)
+    tuned = load_adapter("shapes-base")
+    tuned.load_lora(result.final_checkpoint)
+    tuned_images = generate_images(tuned, held_prompts, held_seeds, sampling)
+    tuned_eval = evaluate(tuned, specs, settings.eval_seeds, sampling)
+    verdicts = SimulatedLabeller(taste, noise=0.0).truth(tuned_images, base_images)
+    wins = np.array([SCORE[v] for v in verdicts])
+    utility = TASTES[taste].utility
+    return {
+        "card": dataclasses.asdict(card),
+        "config": to_dict(config),
+        "iterations": result.iterations_done,
+        "train_minutes": train_s / 60,
+        "win_rate": float(wins.mean()),
+        "win_rate_standard_error": float(wins.std(ddof=1) / np.sqrt(len(wins))),
+        "ties": int(np.sum(wins == 0.5)),
+        "pairs_judged": len(wins),
+        "taste_utility_base": float(utility(base_images).mean()),
+        "taste_utility_tuned": float(utility(tuned_images).mean()),
+        "geneval_base": base_eval.accuracy["overall"],
+        "geneval_tuned": tuned_eval.accuracy["overall"],
+        "geneval_base_standard_error": base_eval.overall_standard_error,
+        "geneval_tuned_standard_error": tuned_eval.overall_standard_error,
+    }
+
+
+def preference_benchmark(
+    settings: PreferenceBenchSettings, work: Path, train: bool = True, log=print
+) -> dict[str, object]:
+    torch.manual_seed(0)
+    sampling = SamplingConfig()  # the sampler the Label tab shows pairs with
+    adapter = load_adapter("shapes-base")
+    started = time.monotonic()
+    report: dict[str, object] = {
+        "settings": dataclasses.asdict(settings),
+        "sampling": dataclasses.asdict(sampling),
+        "label_efficiency": label_efficiency(adapter, settings, sampling, log),
+    }
+    log(f"label efficiency done in {(time.monotonic() - started) / 60:.1f} min")
+    if train:
+        report["training"] = {taste: train_on_taste(taste, settings, work, sampling, log) for taste in settings.tastes}
+    return report
+
+
+def summary_rows(report: dict[str, object]) -> list[dict[str, object]]:
+    rows = []
+    efficiency = report["label_efficiency"]
+    training = report.get("training", {})
+    for taste, result in efficiency.items():  # type: ignore[union-attr]
+        orders = result["orders"]
+        row: dict[str, object] = {"taste": taste}
+        for order, short in (("random", "rand"), ("uncertain", "unc")):
+            for entry in orders[order]:
+                if entry["labels"] in (50, 100, 200):
+                    row[f"{short} CV@{entry['labels']}"] = f"{entry['cv_accuracy']:.3f}±{entry['cv_sd']:.3f}"
+                    row[f"{short} test@{entry['labels']}"] = f"{entry['test_accuracy']:.3f}±{entry['test_sd']:.3f}"
+        row["unc labels to rand@200"] = result["uncertain_labels_to_reach_random_200"]
+        if taste in training:
+            t = training[taste]
+            row["win rate"] = f"{t['win_rate']:.3f}±{t['win_rate_standard_error']:.3f}"
+            row["geneval base→tuned"] = f"{t['geneval_base']:.3f}→{t['geneval_tuned']:.3f}"
+            row["train min"] = f"{t['train_minutes']:.1f}"
+        rows.append(row)
+    return rows
+
+
+def write_outputs(report: dict[str, object], out: Path) -> None:
+    from studio.bench import markdown_table, write_report
+
+    write_report(report, out / "preference.json")
+    rows = summary_rows(report)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for row in rows:
+        for column in columns:
+            row.setdefault(column, "")
+    (out / "preference.md").write_text(markdown_table(rows, columns) + "\n")
+
+
+def load_report(path: Path) -> dict[str, object]:
+    return json.loads(path.read_text())
