@@ -118,8 +118,8 @@ def fit_bradley_terry(
     features_b: np.ndarray,
     outcome: np.ndarray,
     penalty: Penalty,
-    max_iterations: int = 20_000,
-    tolerance: float = 1e-10,
+    max_iterations: int = 5_000,
+    tolerance: float = 1e-9,
 ) -> LinearPreferenceModel:
     """The maximum a-posteriori linear model of labels (features [N, D] of a and of b, outcome [N])."""
     features_a, features_b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)

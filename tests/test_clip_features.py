@@ -1,0 +1,105 @@
+"""`clip:DIR` features from a tiny random CLIP saved in the layout of a real one (model, image processor,
+tokenizer), so a real CLIP or PickScore directory loads through the same path."""
+
+import numpy as np
+import pytest
+import torch
+
+from storage.data_dir import DataDir
+from storage.reward_store import RewardStore
+from studio.preference import LabelSet, fit_preference_reward
+from trainer_core.preference.artifact import PreferenceReward
+from trainer_core.preference.features import build_features
+
+WORDS = ["[PAD]", "[UNK]", "a", "red", "blue", "green", "circle", "square", "triangle", "two", "left", "of"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(WORDS),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "pad_token_id": 0,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=8,
+    )
+    CLIPModel(config).eval().save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
+    return str(path)
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_clip_features_are_the_embeddings_and_their_agreement(tiny_clip):
+    from transformers import CLIPModel
+
+    features = build_features(f"clip:{tiny_clip}")
+    prompts = ["a red circle", "two blue squares", "a green triangle left of a red square"]
+    batch = images(3, 0)
+    values = features(batch, prompts)
+    assert values.shape == (3, 2 * 8 + 1)
+
+    # the reference: CLIP's own normalised projections, their elementwise product and their cosine
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    pixels = features.processor(images=list(batch), return_tensors="pt")["pixel_values"]
+    tokens = features.tokenizer(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=pixels)
+        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    image = getattr(image, "pooler_output", image)
+    text = getattr(text, "pooler_output", text)
+    image, text = (torch.nn.functional.normalize(x, dim=-1).numpy() for x in (image, text))
+    np.testing.assert_allclose(values[:, :8], image, atol=1e-5)
+    np.testing.assert_allclose(values[:, 8:16], image * text, atol=1e-5)
+    np.testing.assert_allclose(values[:, 16], (image * text).sum(-1), atol=1e-5)
+    # the prompt matters: the same image with another prompt has other agreement features
+    other = features(batch[:1], ["two green triangles"])
+    assert np.allclose(other[0, :8], values[0, :8]) and not np.allclose(other[0, 8:], values[0, 8:])
+
+
+def test_a_reward_fitted_on_clip_features_loads_back_from_its_card(tiny_clip, tmp_path):
+    rng = np.random.default_rng(1)
+    a, b = images(40, 2), images(40, 3)
+    # a taste the features can see: brighter images win
+    choices = ["a" if x.mean() > y.mean() else "b" for x, y in zip(a, b, strict=True)]
+    labels = LabelSet(
+        ["a red circle"] * 40,
+        list(a),
+        list(b),
+        choices,
+        ["me"] * 40,
+        [__import__("datetime").datetime(2026, 1, 1 + i % 28) for i in range(40)],
+    )
+    store = RewardStore(DataDir(tmp_path).create())
+    card = fit_preference_reward(labels, f"clip:{tiny_clip}", "bright", store)
+    assert card.features.startswith("clip:") and card.n_labels == 40
+    assert (card.labels_first[:10], card.labels_last[:10]) == ("2026-01-01", "2026-01-28")
+    reward = PreferenceReward.load(store.directory("bright", 1))
+    scores = reward.score(a, ["a red circle"] * 40)
+    assert scores.shape == (40,) and np.isfinite(scores).all()
+    assert rng is not None
