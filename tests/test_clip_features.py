@@ -1,6 +1,8 @@
 """`clip:DIR` features from a tiny random CLIP saved in the layout of a real one (model, image processor,
 tokenizer), so a real CLIP or PickScore directory loads through the same path."""
 
+from datetime import datetime
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,6 @@ def test_clip_features_are_the_embeddings_and_their_agreement(tiny_clip):
 
 
 def test_a_reward_fitted_on_clip_features_loads_back_from_its_card(tiny_clip, tmp_path):
-    rng = np.random.default_rng(1)
     a, b = images(40, 2), images(40, 3)
     # a taste the features can see: brighter images win
     choices = ["a" if x.mean() > y.mean() else "b" for x, y in zip(a, b, strict=True)]
@@ -93,7 +94,7 @@ def test_a_reward_fitted_on_clip_features_loads_back_from_its_card(tiny_clip, tm
         list(b),
         choices,
         ["me"] * 40,
-        [__import__("datetime").datetime(2026, 1, 1 + i % 28) for i in range(40)],
+        [datetime(2026, 1, 1 + i % 28) for i in range(40)],
     )
     store = RewardStore(DataDir(tmp_path).create())
     card = fit_preference_reward(labels, f"clip:{tiny_clip}", "bright", store)
@@ -102,4 +103,3 @@ def test_a_reward_fitted_on_clip_features_loads_back_from_its_card(tiny_clip, tm
     reward = PreferenceReward.load(store.directory("bright", 1))
     scores = reward.score(a, ["a red circle"] * 40)
     assert scores.shape == (40,) and np.isfinite(scores).all()
-    assert rng is not None
