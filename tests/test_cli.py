@@ -93,3 +93,42 @@ def test_eval_writes_the_documented_json(tmp_path):
     per_category = [data["accuracy"][c] for c in ("single", "count", "position")]
     assert data["accuracy"]["overall"] == pytest.approx(sum(per_category) / 3)
     assert "overall" in result.stdout
+
+
+def test_label_fit_list_export_import_from_the_command_line(tmp_path):
+    home = str(tmp_path / "home")
+    # a person at the terminal: a choice per line, an unknown key, an undo and a quit
+    typed = "1\n2\nx\n3\nu\n3\n1\nq\n"
+    labelled = subprocess.run(
+        [sys.executable, "-m", "studio.cli", "label", "--data-dir", home, "--count", "10"],
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert labelled.returncode == 0, labelled.stderr
+    assert "not understood: 'x'" in labelled.stdout and "undone" in labelled.stdout
+    assert "4 labels stored in this session, 4 in all" in labelled.stdout
+
+    simulated = vgrpo("label", "--data-dir", home, "--simulated-taste", "large", "--count", "30", "--seed", "1")
+    assert simulated.returncode == 0, simulated.stderr
+    assert "30 labels stored in this session, 34 in all" in simulated.stdout
+
+    fitted = vgrpo("reward", "fit", "--data-dir", home, "--features", "shapes-stats", "--out", "big-things")
+    assert fitted.returncode == 0, fitted.stderr
+    assert "pref:big-things@v1 · shapes-stats · 34 labels" in fitted.stdout
+    listed = vgrpo("reward", "list", "--data-dir", home)
+    assert "pref:big-things@v1" in listed.stdout
+
+    exported = vgrpo("labels", "export", "--data-dir", home, "--out", str(tmp_path / "shared"))
+    assert "exported 34 labels" in exported.stdout
+    imported = vgrpo("labels", "import", "--data-dir", str(tmp_path / "other"), str(tmp_path / "shared"))
+    assert "imported 34 labels (0 already stored)" in imported.stdout
+    refit = vgrpo("reward", "fit", "--data-dir", home, "--labels", str(tmp_path / "shared"), "--out", "big-things")
+    assert "pref:big-things@v2" in refit.stdout
+
+    bad = vgrpo("reward", "fit", "--data-dir", home, "--features", "sift", "--out", "x")
+    assert bad.returncode == 2 and "features: unknown 'sift'" in bad.stderr
+    unknown = vgrpo("label", "--data-dir", home, "--simulated-taste", "blue", "--count", "1")
+    assert unknown.returncode == 2 and "taste: unknown 'blue'" in unknown.stderr

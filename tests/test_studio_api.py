@@ -1,5 +1,6 @@
 """The service facade the web UI uses."""
 
+import numpy as np
 import pytest
 
 from storage.data_dir import DataDir
@@ -53,3 +54,28 @@ def test_reward_curves_are_the_mix_and_its_mean_not_timings(studio):
     names = studio.reward_series(job_id)
     assert names == ["reward_mean", "reward_geneval", "reward_partial"]
     assert set(names) <= set(studio.job_metrics(job_id))
+
+
+def test_a_duplicated_job_trains_on_the_latest_version_of_its_preference_reward(studio):
+    from trainer_core.preference.artifact import PreferenceCard, save_preference_model
+    from trainer_core.preference.bradley_terry import LinearPreferenceModel
+
+    def publish(version_dir, version):
+        model = LinearPreferenceModel(*(np.ones(35) for _ in range(3)))
+        card = PreferenceCard(
+            "mine", version, "shapes-stats", 10, {"a": 10}, 0.8, 0.1, 5, "l1=0.1", "", "", [], 0.1, ""
+        )
+        save_preference_model(version_dir, model, card)
+
+    store = studio.jobs.catalog.store
+    store.publish("mine", publish)
+    config = studio.preset_config()
+    config["rewards"]["weights"] = {"geneval": 1.0, "pref:mine": 0.5}
+    job = studio.job_config(studio.submit(config))
+    assert "pref:mine@v1" in job["rewards"]["weights"]
+    same, note = studio.latest_preference_versions(job)
+    assert same["rewards"]["weights"] == {"geneval": 1.0, "pref:mine": 0.5} and note == ""
+    store.publish("mine", publish)
+    newer, note = studio.latest_preference_versions(job)
+    assert newer["rewards"]["weights"]["pref:mine"] == 0.5 and note == "pref:mine will train on v2 (the job used v1)"
+    assert studio.rewards()[-1] == "pref:mine" and "pref:mine" not in studio.builtin_rewards()

@@ -86,7 +86,9 @@ def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
             prompt_set = gr.Dropdown(
                 studio.label_prompt_sets(), value=studio.label_prompt_sets()[0], label="Prompt set", scale=2
             )
-            job = gr.Number(None, label="Job (its prompts, or its sample grids)", precision=0, elem_id="label-job")
+            job = gr.Number(
+                None, label="Job id (0: none): its prompts, or its sample grids", precision=0, elem_id="label-job"
+            )
         typed = gr.Textbox(
             label="Or type prompts, one per line (used instead of the set)", lines=2, elem_id="label-prompts"
         )
