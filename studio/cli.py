@@ -159,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     preference.add_argument("--repeats", type=int, default=3, help="labeller seeds per taste and order (3)")
     preference.add_argument("--iterations", type=int, default=80, help="V-GRPO iterations per taste (80)")
     preference.add_argument("--time-budget-minutes", type=float, default=20.0, help="training budget per taste (20)")
-    preference.add_argument("--no-training", action="store_true", help="only the label-efficiency part")
+    preference.add_argument(
+        "--parts",
+        default="labels,training",
+        help="labels, training or both; a part not run is kept from an existing report in --out (labels,training)",
+    )
+    preference.add_argument("--preference-weight", type=float, default=0.25, help="pref:TASTE's weight in the mix")
     preference.add_argument("--work", type=Path, default=Path("out/bench-preference"), help="scratch runs")
     preference.add_argument("--out", type=Path, default=Path("bench/results/preference"))
 
@@ -336,20 +341,27 @@ def bench_preference(args: argparse.Namespace) -> None:
     import shutil
 
     from studio.bench import format_rows
-    from studio.bench.preference import PreferenceBenchSettings, preference_benchmark, summary_rows, write_outputs
+    from studio.bench.preference import (
+        PreferenceBenchSettings,
+        load_report,
+        preference_benchmark,
+        summary_rows,
+        write_outputs,
+    )
 
     settings = PreferenceBenchSettings(
         tastes=tuple(t.strip() for t in args.tastes.split(",") if t.strip()),
         repeats=args.repeats,
         iterations=args.iterations,
         time_budget_minutes=args.time_budget_minutes,
+        preference_weight=args.preference_weight,
     )
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    previous = load_report(args.out / "preference.json") if (args.out / "preference.json").is_file() else None
     if args.work.exists():
         shutil.rmtree(args.work)  # scratch: a fresh data directory and runs every time
-    report = preference_benchmark(
-        settings, args.work, train=not args.no_training, log=lambda line: print(line, flush=True)
-    )
-    report["command"] = "vgrpo " + " ".join(sys.argv[1:])
+    report = preference_benchmark(settings, args.work, parts, previous, log=lambda line: print(line, flush=True))
+    report.setdefault("commands", []).append("vgrpo " + " ".join(sys.argv[1:]))
     write_outputs(report, args.out)
     rows = summary_rows(report)
     print(format_rows(rows, list(dict.fromkeys(k for r in rows for k in r))))

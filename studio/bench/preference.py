@@ -13,6 +13,9 @@ versioned reward, and a V-GRPO job config that names it.
    on the (noisy) labels, whose ceiling is 1 - noise, and the accuracy against the noiseless taste on
    the test pairs, which is what the comparison of the two orders uses (uncertain pairs are the hard
    ones, so their own CV accuracy reads lower). Repeated with several labeller and sampler seeds.
+   The test pairs are random pairs of two images of different prompts: the fitted reward scores single
+   images, and two seeds of one prompt are too alike in some tastes (the background's colour) to leave
+   enough pairs a person would not call a tie.
 2. Training. For each taste, the reward fitted on 200 random labels is stored in a scratch data
    directory and trained on with V-GRPO (`shapes-geneval` with the mix geneval + partial + pref:TASTE,
    normalised then summed) for a fixed number of iterations inside the time budget. Win rate of the
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +42,7 @@ from storage.reward_store import RewardStore
 from studio.labeling import CANDIDATE_SEEDS
 from studio.preference import LabelSet, fit_preference_reward
 from trainer_core.adapters import load_adapter
+from trainer_core.adapters.base import DenoiserAdapter
 from trainer_core.config import TrainConfig, from_dict, load_preset, to_dict
 from trainer_core.preference.bradley_terry import (
     BradleyTerryConfig,
@@ -47,13 +52,14 @@ from trainer_core.preference.bradley_terry import (
     outcomes,
     select_penalty,
 )
-from trainer_core.preference.features import build_features
+from trainer_core.preference.features import ImageFeatures, build_features
 from trainer_core.preference.selection import all_pairs, uncertain_first
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
 from trainer_core.shapes.prompt_sets import load_heldout, train_prompts
 from trainer_core.shapes.tastes import TASTES, SimulatedLabeller
 
 ORDERS = ("random", "uncertain")
+PARTS = ("labels", "training")
 SCORE = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
 
@@ -67,10 +73,13 @@ class PreferenceBenchSettings:
     round_size: labels between refits when ordering uncertain first (25).
     repeats: labeller and sampler seeds per taste and order (3).
     pool_prompts: training prompts of the candidate pool, CANDIDATE_SEEDS images each (450).
-    test_pairs: pairs on other prompts the accuracy against the noiseless taste is read on (400).
+    test_images: images of other prompts (one seed each) the accuracy against the noiseless taste is read
+        on (400).
+    test_pairs: random pairs of two test images (of two prompts: images of one prompt are too alike in some
+        tastes, such as the background's colour, to leave enough decided pairs) (2000).
     train_labels: random labels the trained-on reward is fitted with (200).
     preset, iterations, time_budget_minutes, preference_weight: the V-GRPO run per taste
-        (shapes-geneval, 80, 20, 1.0).
+        (shapes-geneval, 80, 20, 0.25).
     eval_seeds: seeds per held-out prompt for the win rate and the geneval accuracy (2).
     """
 
@@ -80,12 +89,13 @@ class PreferenceBenchSettings:
     round_size: int = 25
     repeats: int = 3
     pool_prompts: int = 450
-    test_pairs: int = 400
+    test_images: int = 400
+    test_pairs: int = 2000
     train_labels: int = 200
     preset: str = "shapes-geneval"
     iterations: int = 80
     time_budget_minutes: float = 20.0
-    preference_weight: float = 1.0
+    preference_weight: float = 0.25
     eval_seeds: int = 2
     features: str = "shapes-stats"
 
@@ -109,7 +119,9 @@ class Pool:
         return prompt * CANDIDATE_SEEDS + seed
 
 
-def build_pool(adapter, prompts: list[str], seeds: int, sampling: SamplingConfig, features) -> Pool:
+def build_pool(
+    adapter: DenoiserAdapter, prompts: list[str], seeds: int, sampling: SamplingConfig, features: ImageFeatures
+) -> Pool:
     flat = [p for p in prompts for _ in range(seeds)]
     images = generate_images(adapter, flat, [s for _ in prompts for s in range(seeds)], sampling)
     return Pool(prompts, images, features(images, flat))
@@ -180,23 +192,26 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def label_efficiency(
-    adapter,
+    adapter: DenoiserAdapter,
     settings: PreferenceBenchSettings,
     sampling: SamplingConfig,
-    log,
+    log: Callable[[str], None],
 ) -> dict[str, object]:
     features = build_features(settings.features)
     started = time.monotonic()
     pool_prompts = [s.prompt for s in train_prompts(settings.pool_prompts, seed=101)]
     pool = build_pool(adapter, pool_prompts, CANDIDATE_SEEDS, sampling, features)
-    test_prompts = [s.prompt for s in train_prompts(settings.test_pairs, seed=202)]
-    test_pool = build_pool(adapter, test_prompts, 2, sampling, features)
+    test_prompts = [s.prompt for s in train_prompts(settings.test_images, seed=202)]
+    test_pool = build_pool(adapter, test_prompts, 1, sampling, features)
+    pair_rng = np.random.default_rng(404)
+    first = pair_rng.integers(0, len(test_prompts), settings.test_pairs)
+    second = (first + pair_rng.integers(1, len(test_prompts), settings.test_pairs)) % len(test_prompts)
     log(f"pool of {len(pool.images)} and test of {len(test_pool.images)} images in {time.monotonic() - started:.0f} s")
     config = BradleyTerryConfig()
     result: dict[str, object] = {}
     for taste in settings.tastes:
-        truth = SimulatedLabeller(taste).truth(test_pool.images[0::2], test_pool.images[1::2])
-        test = (test_pool.features[0::2], test_pool.features[1::2], outcomes(truth))
+        truth = SimulatedLabeller(taste).truth(test_pool.images[first], test_pool.images[second])
+        test = (test_pool.features[first], test_pool.features[second], outcomes(truth))
         curves = {
             order: [label_curve(pool, test, taste, order, seed, settings, config) for seed in range(settings.repeats)]
             for order in ORDERS
@@ -239,7 +254,7 @@ def label_efficiency(
 
 
 def train_on_taste(
-    taste: str, settings: PreferenceBenchSettings, work: Path, sampling: SamplingConfig, log
+    taste: str, settings: PreferenceBenchSettings, work: Path, sampling: SamplingConfig, log: Callable[[str], None]
 ) -> dict[str, object]:
     """Fit on 200 random labels through the studio's fit, train V-GRPO on pref:TASTE, judge by the taste."""
     from studio.training import run_training
@@ -307,20 +322,39 @@ def train_on_taste(
 
 
 def preference_benchmark(
-    settings: PreferenceBenchSettings, work: Path, train: bool = True, log=print
+    settings: PreferenceBenchSettings,
+    work: Path,
+    parts: tuple[str, ...] = PARTS,
+    previous: dict[str, object] | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, object]:
+    """Run `parts` ("labels", "training") for `settings.tastes`; results of other parts and tastes are
+    kept from `previous`. Each entry records the settings it ran with."""
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"--parts: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(PARTS)}")
     torch.manual_seed(0)
     sampling = SamplingConfig()  # the sampler the Label tab shows pairs with
-    adapter = load_adapter("shapes-base")
-    started = time.monotonic()
-    report: dict[str, object] = {
-        "settings": dataclasses.asdict(settings),
-        "sampling": dataclasses.asdict(sampling),
-        "label_efficiency": label_efficiency(adapter, settings, sampling, log),
-    }
-    log(f"label efficiency done in {(time.monotonic() - started) / 60:.1f} min")
-    if train:
-        report["training"] = {taste: train_on_taste(taste, settings, work, sampling, log) for taste in settings.tastes}
+    report: dict[str, object] = previous or {}
+    report.setdefault("label_efficiency", {})
+    report.setdefault("training", {})
+    report["sampling"] = dataclasses.asdict(sampling)
+    if "labels" in parts:
+        started = time.monotonic()
+        efficiency = label_efficiency(load_adapter("shapes-base"), settings, sampling, log)
+        for entry in efficiency.values():
+            entry["settings"] = dataclasses.asdict(settings)  # type: ignore[index]
+        report["label_efficiency"].update(efficiency)  # type: ignore[union-attr]
+        log(f"label efficiency done in {(time.monotonic() - started) / 60:.1f} min")
+    if "training" in parts:
+        for taste in settings.tastes:
+            entry = train_on_taste(taste, settings, work, sampling, log)
+            entry["settings"] = dataclasses.asdict(settings)
+            report["training"][taste] = entry  # type: ignore[index]
+            log(
+                f"{taste}: win rate {entry['win_rate']:.3f}, geneval {entry['geneval_base']:.3f} -> "
+                f"{entry['geneval_tuned']:.3f}"
+            )
     return report
 
 
@@ -328,9 +362,13 @@ def summary_rows(report: dict[str, object]) -> list[dict[str, object]]:
     rows = []
     efficiency = report["label_efficiency"]
     training = report.get("training", {})
-    for taste, result in efficiency.items():  # type: ignore[union-attr]
-        orders = result["orders"]
+    for taste in sorted(set(efficiency) | set(training)):  # type: ignore[arg-type]
         row: dict[str, object] = {"taste": taste}
+        result = efficiency.get(taste)  # type: ignore[union-attr]
+        if result is None:
+            rows.append(row)
+            continue
+        orders = result["orders"]
         for order, short in (("random", "rand"), ("uncertain", "unc")):
             for entry in orders[order]:
                 if entry["labels"] in (50, 100, 200):
