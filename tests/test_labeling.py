@@ -18,7 +18,7 @@ from sqlalchemy import text
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.labels import NewLabel
-from studio.api import ConfigError, Studio
+from studio.api import BASE, ConfigError, Studio
 from studio.labeling import CandidatePair, LabelSource, PairSampler, PairSide
 from studio.preference import LabelImportError
 from studio.training import build_rewards
@@ -51,11 +51,12 @@ def label_with(studio: Studio, session_id: str, labeller: SimulatedLabeller, n: 
     return ids
 
 
-def test_a_simulated_person_labels_fits_and_trains_on_their_taste(studio, tmp_path):
+@pytest.mark.parametrize("taste", ["warm", "left", "large"])
+def test_a_simulated_person_labels_fits_and_trains_on_their_taste(studio, taste):
     """The whole loop through the studio's own API, as the Label tab drives it: label pairs of the base
-    model with a hidden taste, fit, see the reward listed, submit a job pinned to its version."""
+    model with a hidden taste (10% slips), fit, see the reward listed, submit a job pinned to its version."""
     session_id = studio.start_labelling(LabelSource("seeds", prompts=PROMPTS, seed=1), labeller="sim")
-    ids = label_with(studio, session_id, SimulatedLabeller("warm", noise=0.1, seed=0), 60)
+    ids = label_with(studio, session_id, SimulatedLabeller(taste, noise=0.1, seed=0), 60)
     counts = studio.label_counts(session_id)
     assert (counts.session, counts.total) == (60, 60)
 
@@ -68,23 +69,40 @@ def test_a_simulated_person_labels_fits_and_trains_on_their_taste(studio, tmp_pa
         stored = studio.labels.load_image(row.image_a)
         assert stored.shape == (32, 32, 3) and row.prompt in PROMPTS
 
-    card = studio.fit_preference("warm-bg", "shapes-stats")
-    assert (card.reference, card.n_labels, card.features) == ("pref:warm-bg@v1", 60, "shapes-stats")
-    assert card.cv_accuracy >= 0.75 and card.labellers == ["sim"]
-    assert "pref:warm-bg" in studio.rewards()
+    card = studio.fit_preference("my-taste", "shapes-stats")
+    assert (card.reference, card.n_labels, card.features) == ("pref:my-taste@v1", 60, "shapes-stats")
+    assert card.cv_accuracy >= 0.7 and card.labellers == ["sim"]
+    assert "pref:my-taste" in studio.rewards()
+
+    # the fitted reward agrees with the hidden taste on pairs nobody labelled
+    sampler = PairSampler(studio.jobs, LabelSource("seeds", prompts=PROMPTS, seed=9))
+    pairs = [pair for _ in range(10) for pair in sampler.batch()]
+    reward = build_rewards(
+        from_dict(TrainConfig, {**studio.preset_config(), "rewards": {"weights": {"pref:my-taste": 1.0}}}),
+        studio.data_dir,
+    ).rewards["pref:my-taste"]
+    truth = np.array(
+        SimulatedLabeller(taste, noise=0.0).truth(
+            np.stack([p.a.image for p in pairs]), np.stack([p.b.image for p in pairs])
+        )
+    )
+    scores_a = reward.score(np.stack([p.a.image for p in pairs]), [p.prompt for p in pairs])
+    scores_b = reward.score(np.stack([p.b.image for p in pairs]), [p.prompt for p in pairs])
+    decided = truth != "tie"
+    assert np.mean((scores_a > scores_b)[decided] == (truth[decided] == "a")) >= 0.8
 
     config = studio.preset_config()
-    config["rewards"]["weights"] = {"geneval": 1.0, "pref:warm-bg": 0.5}
+    config["rewards"]["weights"] = {"geneval": 1.0, "pref:my-taste": 0.5}
     job_id = studio.submit(config)
-    assert studio.job_config(job_id)["rewards"]["weights"] == {"geneval": 1.0, "pref:warm-bg@v1": 0.5}
+    assert studio.job_config(job_id)["rewards"]["weights"] == {"geneval": 1.0, "pref:my-taste@v1": 0.5}
 
     # refitting makes v2; the job keeps v1, and its rewards load v1 exactly
-    assert studio.fit_preference("warm-bg", "shapes-stats").reference == "pref:warm-bg@v2"
-    assert studio.job_config(job_id)["rewards"]["weights"]["pref:warm-bg@v1"] == 0.5
+    assert studio.fit_preference("my-taste", "shapes-stats").reference == "pref:my-taste@v2"
+    assert studio.job_config(job_id)["rewards"]["weights"]["pref:my-taste@v1"] == 0.5
     mix = build_rewards(from_dict(TrainConfig, studio.job_config(job_id)), studio.data_dir)
-    assert mix.rewards["pref:warm-bg@v1"].card.version == 1
+    assert mix.rewards["pref:my-taste@v1"].card.version == 1
     later = studio.submit(config)
-    assert "pref:warm-bg@v2" in studio.job_config(later)["rewards"]["weights"]
+    assert "pref:my-taste@v2" in studio.job_config(later)["rewards"]["weights"]
 
 
 def test_unknown_preference_rewards_are_refused_by_field(studio):
@@ -134,15 +152,25 @@ def write_folder(folder: Path, lines: list[dict]) -> None:
 
 
 def line(**changes) -> dict:
-    base = {"prompt": "a red circle", "image_a": "images/10.png", "image_b": "images/90.png", "choice": "a",
-            "labeller": "ann"}
+    base = {
+        "prompt": "a red circle",
+        "image_a": "images/10.png",
+        "image_b": "images/90.png",
+        "choice": "a",
+        "labeller": "ann",
+    }
     return base | changes
 
 
 def test_labels_round_trip_through_a_folder(studio, tmp_path):
-    write_folder(tmp_path / "in", [line(), line(choice="tie", image_b="images/200.png"),
-                                   line(choice="b", labeller="bob", created_at="2026-03-01T10:00:00+00:00",
-                                        seed_a=3, seed_b=4)])
+    write_folder(
+        tmp_path / "in",
+        [
+            line(),
+            line(choice="tie", image_b="images/200.png"),
+            line(choice="b", labeller="bob", created_at="2026-03-01T10:00:00+00:00", seed_a=3, seed_b=4),
+        ],
+    )
     result = studio.import_labels(str(tmp_path / "in"))
     assert (result.added, result.already_stored) == (3, 0)
     assert len(list(studio.data_dir.label_images.rglob("*.png"))) == 3  # images/10.png once for three labels
@@ -170,8 +198,17 @@ def test_labels_round_trip_through_a_folder(studio, tmp_path):
 
 def test_a_bad_import_names_each_bad_line_and_stores_nothing(studio, tmp_path):
     folder = tmp_path / "bad"
-    write_folder(folder, [line(), line(choice="left"), line(image_b="images/missing.png"), line(prompt=""),
-                          line(image_a="../secret.png"), line(seed_a="three")])
+    write_folder(
+        folder,
+        [
+            line(),
+            line(choice="left"),
+            line(image_b="images/missing.png"),
+            line(prompt=""),
+            line(image_a="../secret.png"),
+            line(seed_a="three"),
+        ],
+    )
     with (folder / "labels.jsonl").open("a") as file:
         file.write("{not json\n")
     (folder / "images" / "broken.png").write_bytes(b"not a png")
@@ -181,10 +218,15 @@ def test_a_bad_import_names_each_bad_line_and_stores_nothing(studio, tmp_path):
         studio.import_labels(str(folder))
     message = str(refused.value)
     path = folder / "labels.jsonl"
-    for number, expected in [(2, "choice: must be"), (3, "image_b: no file 'images/missing.png'"),
-                             (4, "prompt: must be a non-empty string"), (5, "image_a: '../secret.png' leaves"),
-                             (6, "seed_a: must be an integer"), (7, "line: not valid JSON"),
-                             (8, "image_a: 'images/broken.png' is not a readable image")]:
+    for number, expected in [
+        (2, "choice: must be"),
+        (3, "image_b: no file 'images/missing.png'"),
+        (4, "prompt: must be a non-empty string"),
+        (5, "image_a: '../secret.png' leaves"),
+        (6, "seed_a: must be an integer"),
+        (7, "line: not valid JSON"),
+        (8, "image_a: 'images/broken.png' is not a readable image"),
+    ]:
         assert f"{path}:{number}: {expected}" in message
     assert f"{path}:1:" not in message
     assert studio.labels.count() == 0 and not list(studio.data_dir.label_images.rglob("*.png"))
@@ -246,10 +288,12 @@ def test_labels_of_an_older_database_survive_the_migration(tmp_path):
     database = Database(url)
     database.migrate("0001")
     with database.engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO preference_labels (prompt, image_a, image_b, choice, labeler, created_at) "
-            "VALUES ('a red circle', 'x.png', 'y.png', 'a', 'ann', '2026-01-01 00:00:00')"
-        ))
+        connection.execute(
+            text(
+                "INSERT INTO preference_labels (prompt, image_a, image_b, choice, labeler, created_at) "
+                "VALUES ('a red circle', 'x.png', 'y.png', 'a', 'ann', '2026-01-01 00:00:00')"
+            )
+        )
     database.migrate()
     with database.engine.begin() as connection:
         row = connection.execute(text("SELECT prompt, choice, seed_a, session_id FROM preference_labels")).one()
@@ -275,8 +319,12 @@ CRASH_SCRIPT = textwrap.dedent("""
 
 def test_every_label_reported_survives_a_kill_mid_session(tmp_path):
     home = tmp_path / "home"
-    process = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(home)], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    process = subprocess.Popen(
+        [sys.executable, "-c", CRASH_SCRIPT, str(home)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     reported = []
     deadline = time.monotonic() + 240
     while len(reported) < 12 and time.monotonic() < deadline:
@@ -293,3 +341,37 @@ def test_every_label_reported_survives_a_kill_mid_session(tmp_path):
     for record in stored.values():  # nothing half-written: every row's images are complete PNGs
         for path in (record.image_a, record.image_b):
             assert studio.labels.load_image(path).shape == (32, 32, 3)
+
+
+def test_one_seed_of_two_models_puts_each_model_on_either_side(studio):
+    import torch
+
+    from trainer_core.adapters import load_adapter
+    from trainer_core.lora import LoraSpec
+
+    job_id = studio.submit(studio.preset_config())
+    adapter = load_adapter("shapes-base")
+    adapter.add_lora(LoraSpec(rank=2, alpha=2))
+    with torch.no_grad():
+        for param in adapter.lora_parameters():
+            param.add_(0.5 * torch.randn_like(param))  # a checkpoint that draws visibly different images
+    path = studio.data_dir.run_dir(job_id) / "checkpoints" / "iter_000005.safetensors"
+    path.parent.mkdir(parents=True)
+    adapter.save_lora(path)
+    studio.jobs.record_checkpoint(job_id, 5, str(path))
+    checkpoint = studio.jobs.checkpoints(job_id)[0].id
+
+    session_id = studio.start_labelling(LabelSource("checkpoints", BASE, str(checkpoint), PROMPTS[:4], seed=2))
+    lefts = []
+    for _ in range(8):
+        pair = studio.label_pair(session_id)
+        assert pair.a.seed == pair.b.seed and {pair.a.checkpoint, pair.b.checkpoint} == {None, checkpoint}
+        assert {pair.a.origin, pair.b.origin} == {"base model", f"job {job_id} · iteration 5"}
+        assert not np.array_equal(pair.a.image, pair.b.image)
+        lefts.append(pair.a.checkpoint)
+        studio.label(session_id, "a")
+    assert set(lefts) == {None, checkpoint}  # the tuned model is not always on one side
+    rows = studio.labels.all()
+    assert {(r.checkpoint_a, r.checkpoint_b) for r in rows} == {(None, checkpoint), (checkpoint, None)}
+    with pytest.raises(ValueError, match="checkpoint_b: pick a different checkpoint"):
+        LabelSource("checkpoints", BASE, BASE, PROMPTS)
