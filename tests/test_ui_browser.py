@@ -215,8 +215,10 @@ def test_a_person_labels_with_the_keyboard_fits_and_trains_on_the_reward(page, a
     for n, key in ((10, "2"), (11, "1")):
         latencies.append(press_and_wait(page, key, n))
     latencies.sort()
-    print(f"\nlabel to next pair in the browser: median {latencies[len(latencies) // 2]:.2f} s, "
-          f"max {latencies[-1]:.2f} s over {len(latencies)} labels")
+    print(
+        f"\nlabel to next pair in the browser: median {latencies[len(latencies) // 2]:.2f} s, "
+        f"max {latencies[-1]:.2f} s over {len(latencies)} labels"
+    )
 
     page.get_by_text("Fit a preference reward on every label").click()
     field(page, "label-fit-name").fill("browser-taste")
