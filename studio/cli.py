@@ -153,10 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
 
     preference = benches.add_parser(
-        "preference", help="simulated tastes: reward accuracy vs labels (random, uncertain first), then training"
+        "preference",
+        help="simulated tastes: reward accuracy vs labels (random, uncertain first, closest to even), then training",
     )
     preference.add_argument("--tastes", default="left,large,warm", help="simulated tastes (left,large,warm)")
-    preference.add_argument("--repeats", type=int, default=3, help="labeller seeds per taste and order (3)")
+    preference.add_argument("--repeats", type=int, default=6, help="labeller seeds per taste and order (6)")
     preference.add_argument("--iterations", type=int, default=80, help="V-GRPO iterations per taste (80)")
     preference.add_argument("--time-budget-minutes", type=float, default=20.0, help="training budget per taste (20)")
     preference.add_argument(

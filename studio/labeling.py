@@ -3,8 +3,9 @@ stored the moment it is made.
 
 A pair is one prompt and two images: two seeds of one model, one seed of two models, or two cells of
 one iteration of a job's sample grid. Pairs are shown in random order, or uncertain first: candidates
-are generated in groups and the pair whose predicted preference under a fitted preference reward is
-closest to 50/50 is shown (active learning; `vgrpo bench preference` measures what it buys).
+are generated in groups and the pair whose label would teach a fitted preference reward most is shown
+(a toss-up under its prediction, on images that differ where its weights are still unsure:
+`trainer_core.preference.selection`; `vgrpo bench preference` measures what it buys).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from storage.labels import LabelStore, NewLabel
 from studio.jobs import JobError, JobService
 from studio.reward_catalog import RewardCatalog, is_preference
 from trainer_core.image_grid import grid_cells
+from trainer_core.preference.artifact import PreferenceReward
 from trainer_core.preference.selection import all_pairs, uncertain_first
-from trainer_core.rewards.base import Reward
 from trainer_core.shapes.evaluation import SamplingConfig, generate_images
 
 BASE = "base"
@@ -133,7 +134,11 @@ class PairSampler:
     """An endless stream of candidate pairs for one `LabelSource`."""
 
     def __init__(
-        self, service: JobService, source: LabelSource, guide: Reward | None = None, prompts_per_batch: int = 4
+        self,
+        service: JobService,
+        source: LabelSource,
+        guide: PreferenceReward | None = None,
+        prompts_per_batch: int = 4,
     ) -> None:
         self.service, self.source, self.guide = service, source, guide
         self.rng = random.Random(source.seed)
@@ -162,12 +167,13 @@ class PairSampler:
             return self.rng.choice(candidates)
         images = np.stack([image for pair in candidates for image in (pair.a.image, pair.b.image)])
         prompts = [pair.prompt for pair in candidates for _ in range(2)]
-        scores = np.asarray(self.guide.score(images, prompts)).reshape(-1, 2)
-        predicted = 1.0 / (1.0 + np.exp(-(scores[:, 0] - scores[:, 1])))
-        best = int(uncertain_first(predicted, 1)[0])
+        features = self.guide.features(images, prompts)
+        features_a, features_b = features[0::2], features[1::2]
+        best = int(uncertain_first(self.guide.model, features_a, features_b, 1)[0])
+        predicted = float(self.guide.model.preference(features_a[best : best + 1], features_b[best : best + 1])[0])
         chosen = candidates[best]
         return CandidatePair(
-            chosen.prompt, chosen.a, chosen.b, chosen.model, chosen.job_id, chosen.iteration, float(predicted[best])
+            chosen.prompt, chosen.a, chosen.b, chosen.model, chosen.job_id, chosen.iteration, predicted
         )
 
     def _generated_groups(self) -> list[list[CandidatePair]]:
@@ -344,8 +350,10 @@ class LabelSession:
         return SessionCounts(self.store.count(self.id), self.store.count())
 
 
-def guide_reward(catalog: RewardCatalog, source: LabelSource) -> Reward | None:
+def guide_reward(catalog: RewardCatalog, source: LabelSource) -> PreferenceReward | None:
     """The fitted preference reward that orders pairs uncertain first (None in random order)."""
     if source.order != "uncertain" or not source.guide:
         return None
-    return catalog.build([source.guide])[source.guide]
+    guide = catalog.build([source.guide])[source.guide]
+    assert isinstance(guide, PreferenceReward)  # LabelSource admits only pref: names as a guide
+    return guide

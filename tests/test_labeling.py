@@ -24,7 +24,8 @@ from studio.preference import LabelImportError
 from studio.training import build_rewards
 from trainer_core.config import TrainConfig, from_dict
 from trainer_core.image_grid import save_grid
-from trainer_core.rewards.base import Reward
+from trainer_core.preference.artifact import PreferenceReward
+from trainer_core.preference.bradley_terry import LinearPreferenceModel
 from trainer_core.shapes.prompt_sets import train_prompts
 from trainer_core.shapes.tastes import SimulatedLabeller
 
@@ -240,24 +241,31 @@ def test_fitting_needs_enough_decided_labels(studio, tmp_path):
         studio.fit_preference("Bad Name", "shapes-stats", str(tmp_path / "few"))
 
 
-class Brightness(Reward):
-    name = "brightness"
-
-    def score(self, images, prompts):
-        return images.reshape(len(images), -1).mean(axis=1) / 10.0
+def brightness_and_redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    pixels = images.reshape(len(images), -1, 3).astype(np.float64)
+    return np.stack([pixels.mean(axis=(1, 2)), (pixels[..., 0] - pixels[..., 2]).mean(axis=1)], axis=1)
 
 
-def side(value: int) -> PairSide:
-    return PairSide(image(value), value, None, "base model")
+def side(value: int, red: int = 0) -> PairSide:
+    pixels = image(value)
+    pixels[..., 0] += red
+    pixels[..., 2] -= red
+    return PairSide(pixels, value, None, "base model")
 
 
-def test_uncertain_first_shows_the_pair_closest_to_even_odds(studio):
+def test_uncertain_first_shows_the_pair_whose_label_teaches_the_guide_most(studio):
+    # the guide has learnt brightness (weight 0.1, well pinned down) and knows nothing of redness yet
+    model = LinearPreferenceModel(np.array([0.1, 0.0]), np.zeros(2), np.ones(2), np.diag([1e-4, 1.0]))
+    guide = PreferenceReward("pref:x", model, brightness_and_redness)
     source = LabelSource("seeds", prompts=PROMPTS[:1], order="uncertain", guide="pref:x")
-    sampler = PairSampler(studio.jobs, source, guide=Brightness())
-    candidates = [CandidatePair("p", side(a), side(b)) for a, b in [(0, 100), (50, 58), (60, 61), (120, 20)]]
+    sampler = PairSampler(studio.jobs, source, guide=guide)
+    candidates = [
+        CandidatePair("p", side(a, red_a), side(b))
+        for a, red_a, b in [(0, 0, 100), (60, 0, 61), (60, 20, 60), (120, 0, 20)]
+    ]
     chosen = sampler._choose(candidates)
-    assert (chosen.a.seed, chosen.b.seed) == (60, 61)
-    assert chosen.predicted == pytest.approx(1 / (1 + np.exp(0.1)))
+    assert (chosen.a.seed, chosen.b.seed) == (60, 60)  # same brightness, different redness
+    assert chosen.predicted == pytest.approx(0.5)
     with pytest.raises(ValueError, match="guide: uncertain-first needs a fitted preference reward"):
         LabelSource("seeds", prompts=PROMPTS, order="uncertain")
 

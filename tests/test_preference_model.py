@@ -11,6 +11,7 @@ from trainer_core.preference.artifact import (
 )
 from trainer_core.preference.bradley_terry import (
     BradleyTerryConfig,
+    LinearPreferenceModel,
     Penalty,
     cross_validate,
     fit_bradley_terry,
@@ -20,7 +21,7 @@ from trainer_core.preference.bradley_terry import (
     shared_image_groups,
 )
 from trainer_core.preference.features import build_features
-from trainer_core.preference.selection import all_pairs, uncertain_first
+from trainer_core.preference.selection import all_pairs, closest_to_even, information, uncertain_first
 from trainer_core.shapes.grammar import sample_spec
 from trainer_core.shapes.render import render_spec
 from trainer_core.shapes.tastes import TASTES, SimulatedLabeller
@@ -95,10 +96,34 @@ def test_labels_sharing_an_image_stay_in_one_fold():
         cross_validate(np.zeros((3, 2)), np.ones((3, 2)), np.ones(3), [0, 0, 0], BradleyTerryConfig())
 
 
-def test_uncertain_first_orders_by_distance_from_even_odds():
+def test_closest_to_even_orders_by_distance_from_even_odds():
     preferences = np.array([0.9, 0.52, 0.1, 0.45, 0.5, 0.7])
-    assert uncertain_first(preferences, 3).tolist() == [4, 1, 3]
+    assert closest_to_even(preferences, 3).tolist() == [4, 1, 3]
     assert all_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+
+
+def test_uncertain_first_prefers_a_toss_up_where_the_weights_are_still_unsure():
+    # feature 0 is pinned down by the labels so far, feature 1 not at all
+    model = LinearPreferenceModel(np.array([1.0, 0.0]), np.zeros(2), np.ones(2), np.diag([0.01, 1.0]))
+    a = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 2.0], [0.0, 0.0], [3.0, 0.0]])
+    b = np.array([[0.01, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    # pairs 0 and 1 are toss-ups only because their images hardly differ; pair 4 is decided already
+    assert uncertain_first(model, a, b, 5).tolist()[:2] == [2, 3]
+    assert information(model, a, b)[2] == pytest.approx(0.25 * 4)
+    assert information(model, a, b)[1] == 0.0
+    # closest to even odds would have shown the pair of identical images first
+    assert closest_to_even(model.preference(a, b), 1).tolist() == [1]
+
+
+def test_the_fit_knows_which_directions_its_labels_have_pinned_down():
+    rng = np.random.default_rng(0)
+    fa, fb = rng.normal(size=(300, 3)), rng.normal(size=(300, 3))
+    fa[:, 2] = fb[:, 2] = 0.0  # no label ever compares along feature 2
+    y = (fa[:, 0] - fb[:, 0] > 0).astype(np.float64)
+    model = fit_bradley_terry(fa, fb, y, Penalty("l2", 0.01))
+    variances = np.diag(model.covariance)
+    assert variances[2] == pytest.approx(1.0)  # the prior, untouched
+    assert variances[1] < 0.1 and variances[0] < variances[2]
 
 
 def rendered(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -184,6 +209,7 @@ def test_a_saved_model_scores_as_a_reward(tmp_path):
     loaded, loaded_card = load_preference_model(tmp_path / "v0001")
     assert loaded_card == card and loaded_card.reference == "pref:warm@v1"
     np.testing.assert_array_equal(loaded.weights, model.weights)
+    np.testing.assert_array_equal(loaded.covariance, model.covariance)
     reward = PreferenceReward.load(tmp_path / "v0001")
     assert reward.name == "pref:warm@v1"
     scores = reward.score(images_a, prompts)

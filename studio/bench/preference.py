@@ -7,15 +7,16 @@ versioned reward, and a V-GRPO job config that names it.
 
 1. Label efficiency. A pool of candidate pairs (two of four seeds of one training prompt, as the Label
    tab draws them) and a fixed test set of pairs on other prompts. Labels are drawn one prompt at a
-   time, in random order (a random pair of the prompt's six) or uncertain first (the pair whose
-   predicted preference under the current fit is closest to 50/50; the fit is redone every 25 labels).
-   At each label count the reward is fitted with nested cross-validation: the cross-validated accuracy
-   on the (noisy) labels, whose ceiling is 1 - noise, and the accuracy against the noiseless taste on
-   the test pairs, which is what the comparison of the two orders uses (uncertain pairs are the hard
-   ones, so their own CV accuracy reads lower). Repeated with several labeller and sampler seeds.
-   The test pairs are random pairs of two images of different prompts: the fitted reward scores single
-   images, and two seeds of one prompt are too alike in some tastes (the background's colour) to leave
-   enough pairs a person would not call a tie.
+   time, in random order (a random pair of the prompt's six), uncertain first (the pair whose label
+   would teach the current fit most, as the Label tab orders them) or closest to even odds (the bare
+   rule, for comparison); the fit is redone every `round_size` labels. At each label count the reward
+   is fitted with nested cross-validation: the cross-validated accuracy on the (noisy) labels, whose
+   ceiling is 1 - noise, and the accuracy against the noiseless taste on the test pairs, which is what
+   the comparison of the orders uses (uncertain pairs are the hard ones, so their own CV accuracy reads
+   lower). Repeated with several labeller and sampler seeds.
+   The test pairs are pairs of two images of different prompts that the taste does not call a tie: the
+   fitted reward scores single images, and two seeds of one prompt are too alike in some tastes (the
+   background's colour) to leave enough pairs a person would not call a tie.
 2. Training. For each taste, the reward fitted on 200 random labels is stored in a scratch data
    directory and trained on with V-GRPO (`shapes-geneval` with the mix geneval + partial + pref:TASTE,
    normalised then summed) for a fixed number of iterations inside the time budget. Win rate of the
@@ -53,12 +54,12 @@ from trainer_core.preference.bradley_terry import (
     select_penalty,
 )
 from trainer_core.preference.features import ImageFeatures, build_features
-from trainer_core.preference.selection import all_pairs, uncertain_first
+from trainer_core.preference.selection import all_pairs, closest_to_even, uncertain_first
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
 from trainer_core.shapes.prompt_sets import load_heldout, train_prompts
 from trainer_core.shapes.tastes import TASTES, SimulatedLabeller
 
-ORDERS = ("random", "uncertain")
+ORDERS = ("random", "uncertain", "closest")
 PARTS = ("labels", "training")
 SCORE = {"a": 1.0, "tie": 0.5, "b": 0.0}
 
@@ -70,13 +71,14 @@ class PreferenceBenchSettings:
     tastes: the simulated people (left, large, warm).
     noise: each labeller's share of slips (0.1).
     label_counts: where the accuracy curves are read (25, 50, 100, 200, 400).
-    round_size: labels between refits when ordering uncertain first (25).
-    repeats: labeller and sampler seeds per taste and order (3).
+    round_size: labels between refits when ordering uncertain first; the curve is also read there (20).
+    repeats: labeller and sampler seeds per taste and order (6).
     pool_prompts: training prompts of the candidate pool, CANDIDATE_SEEDS images each (450).
     test_images: images of other prompts (one seed each) the accuracy against the noiseless taste is read
         on (400).
-    test_pairs: random pairs of two test images (of two prompts: images of one prompt are too alike in some
-        tastes, such as the background's colour, to leave enough decided pairs) (2000).
+    test_pairs: at most this many pairs of two test images that the taste decides, drawn at random from all
+        such pairs (of two prompts: images of one prompt are too alike in some tastes, such as the
+        background's colour, to leave enough decided pairs) (5000).
     train_labels: random labels the trained-on reward is fitted with (200).
     preset, iterations, time_budget_minutes, preference_weight: the V-GRPO run per taste
         (shapes-geneval, 80, 20, 0.25).
@@ -86,11 +88,11 @@ class PreferenceBenchSettings:
     tastes: tuple[str, ...] = tuple(TASTES)
     noise: float = 0.1
     label_counts: tuple[int, ...] = (25, 50, 100, 200, 400)
-    round_size: int = 25
-    repeats: int = 3
+    round_size: int = 20
+    repeats: int = 6
     pool_prompts: int = 450
     test_images: int = 400
-    test_pairs: int = 2000
+    test_pairs: int = 5000
     train_labels: int = 200
     preset: str = "shapes-geneval"
     iterations: int = 80
@@ -105,8 +107,14 @@ class PreferenceBenchSettings:
                 raise ValueError(f"--tastes: unknown {taste!r}; allowed: {', '.join(TASTES)}")
         if max(self.label_counts) > self.pool_prompts:
             raise ValueError("label_counts: at most one label per pool prompt; raise pool_prompts")
-        if any(n % self.round_size for n in self.label_counts):
-            raise ValueError(f"label_counts: each must be a multiple of round_size ({self.round_size})")
+        if self.round_size < 1:
+            raise ValueError(f"round_size: must be at least 1, got {self.round_size}")
+
+    @property
+    def refits(self) -> list[int]:
+        """Label counts at which an active order refits (and the curve is read)."""
+        every_round = range(self.round_size, max(self.label_counts) + 1, self.round_size)
+        return sorted({*every_round, *self.label_counts})
 
 
 @dataclass
@@ -136,55 +144,66 @@ def label_curve(
     settings: PreferenceBenchSettings,
     config: BradleyTerryConfig,
 ) -> list[dict[str, float]]:
-    """Accuracy at each label count for one labeller seed and one order."""
+    """Test accuracy at each refit (and CV accuracy at each label count) for one labeller seed and order.
+
+    `test` holds the features of both images of each test pair and whether the taste prefers the first.
+    """
     rng = random.Random(seed)
     labeller = SimulatedLabeller(taste, settings.noise, seed)
-    test_a, test_b, test_truth = test
-    decided_test = test_truth != 0.5
+    test_a, test_b, first_preferred = test
     prompts = list(range(len(pool.prompts)))
     rng.shuffle(prompts)
     pairs = all_pairs(CANDIDATE_SEEDS)
     chosen: list[tuple[int, int]] = []
     choices: list[str] = []
     model: LinearPreferenceModel | None = None
+    reads = settings.refits if order != "random" else sorted(settings.label_counts)
     rows = []
-    for start in range(0, max(settings.label_counts), settings.round_size):
-        for prompt in prompts[start : start + settings.round_size]:
+    for n in reads:
+        for prompt in prompts[len(chosen) : n]:
             candidates = [(pool.index(prompt, i), pool.index(prompt, j)) for i, j in pairs]
-            if order == "uncertain" and model is not None:
-                a_idx, b_idx = zip(*candidates, strict=True)
-                predicted = model.preference(pool.features[list(a_idx)], pool.features[list(b_idx)])
-                pick = candidates[int(uncertain_first(predicted, 1)[0])]
-            else:
-                pick = rng.choice(candidates)
+            pick = (
+                rng.choice(candidates)
+                if model is None or order == "random"
+                else _active_pick(model, pool, candidates, order)
+            )
             chosen.append(pick)
             choices.append(labeller.choose(pool.images[pick[0]], pool.images[pick[1]]))
-        n = len(chosen)
-        if order == "random" and n not in settings.label_counts:
-            continue  # random picks need no fit between the counts read
         fa = pool.features[[a for a, _ in chosen]]
         fb = pool.features[[b for _, b in chosen]]
         y = outcomes(choices)
         groups = [a // CANDIDATE_SEEDS for a, _ in chosen]  # one prompt's images share a group
         penalty = select_penalty(fa, fb, y, np.asarray(groups), config)
         model = fit_bradley_terry(fa, fb, y, penalty)
-        if n in settings.label_counts:
+        row: dict[str, float] = {
+            "labels": n,
+            "test_accuracy": float(np.mean((model.preference(test_a, test_b) > 0.5) == first_preferred)),
+        }
+        if n in settings.label_counts and order != "closest":  # the bare rule is compared on test accuracy only
             cv = cross_validate(fa, fb, y, groups, config)
-            predicted = model.preference(test_a, test_b)[decided_test] > 0.5
-            accuracy = float(np.mean(predicted == (test_truth[decided_test] == 1.0)))
-            rows.append(
-                {
-                    "labels": n,
-                    "cv_accuracy": cv.accuracy,
-                    "cv_standard_error": cv.standard_error,
-                    "test_accuracy": accuracy,
-                    "penalty": str(penalty),
-                }
-            )
-        elif order == "uncertain" and n < max(settings.label_counts):
-            predicted = model.preference(test_a, test_b)[decided_test] > 0.5
-            rows.append({"labels": n, "test_accuracy": float(np.mean(predicted == (test_truth[decided_test] == 1.0)))})
+            row.update(cv_accuracy=cv.accuracy, cv_standard_error=cv.standard_error, penalty=str(penalty))
+        rows.append(row)
     return rows
+
+
+def _active_pick(
+    model: LinearPreferenceModel, pool: Pool, candidates: list[tuple[int, int]], order: str
+) -> tuple[int, int]:
+    features_a = pool.features[[a for a, _ in candidates]]
+    features_b = pool.features[[b for _, b in candidates]]
+    if order == "uncertain":
+        return candidates[int(uncertain_first(model, features_a, features_b, 1)[0])]
+    return candidates[int(closest_to_even(model.preference(features_a, features_b), 1)[0])]
+
+
+def decided_test_pairs(images: np.ndarray, taste: str, limit: int, seed: int = 404) -> tuple[np.ndarray, ...]:
+    """Up to `limit` pairs (first, second indices into `images`) that the noiseless taste does not call a
+    tie, drawn at random from all pairs, and whether it prefers the first of each."""
+    first, second = np.triu_indices(len(images), 1)
+    truth = outcomes(SimulatedLabeller(taste).truth(images[first], images[second]))
+    decided = np.flatnonzero(truth != 0.5)
+    keep = np.sort(np.random.default_rng(seed).choice(decided, min(limit, len(decided)), replace=False))
+    return first[keep], second[keep], truth[keep] == 1.0
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -203,15 +222,12 @@ def label_efficiency(
     pool = build_pool(adapter, pool_prompts, CANDIDATE_SEEDS, sampling, features)
     test_prompts = [s.prompt for s in train_prompts(settings.test_images, seed=202)]
     test_pool = build_pool(adapter, test_prompts, 1, sampling, features)
-    pair_rng = np.random.default_rng(404)
-    first = pair_rng.integers(0, len(test_prompts), settings.test_pairs)
-    second = (first + pair_rng.integers(1, len(test_prompts), settings.test_pairs)) % len(test_prompts)
     log(f"pool of {len(pool.images)} and test of {len(test_pool.images)} images in {time.monotonic() - started:.0f} s")
     config = BradleyTerryConfig()
     result: dict[str, object] = {}
     for taste in settings.tastes:
-        truth = SimulatedLabeller(taste).truth(test_pool.images[first], test_pool.images[second])
-        test = (test_pool.features[first], test_pool.features[second], outcomes(truth))
+        first, second, first_preferred = decided_test_pairs(test_pool.images, taste, settings.test_pairs)
+        test = (test_pool.features[first], test_pool.features[second], first_preferred)
         curves = {
             order: [label_curve(pool, test, taste, order, seed, settings, config) for seed in range(settings.repeats)]
             for order in ORDERS
@@ -221,35 +237,34 @@ def label_efficiency(
             table = []
             for n in settings.label_counts:
                 at_n = [next(r for r in run if r["labels"] == n) for run in runs]
-                cv_mean, cv_sd = _mean_sd([r["cv_accuracy"] for r in at_n])
                 test_mean, test_sd = _mean_sd([r["test_accuracy"] for r in at_n])
-                table.append(
-                    {
-                        "labels": n,
-                        "cv_accuracy": cv_mean,
-                        "cv_sd": cv_sd,
-                        "test_accuracy": test_mean,
-                        "test_sd": test_sd,
-                    }
-                )
+                cell = {"labels": n, "test_accuracy": test_mean, "test_sd": test_sd}
+                if "cv_accuracy" in at_n[0]:
+                    cell["cv_accuracy"], cell["cv_sd"] = _mean_sd([r["cv_accuracy"] for r in at_n])
+                table.append(cell)
             summary[order] = table
         random_200 = next(r["test_accuracy"] for r in summary["random"] if r["labels"] == 200)
-        uncertain_mean = {}
-        for row in curves["uncertain"][0]:
-            n = row["labels"]
-            uncertain_mean[n] = float(
-                np.mean([next(r for r in run if r["labels"] == n)["test_accuracy"] for run in curves["uncertain"]])
-            )
-        reached = min((n for n, acc in uncertain_mean.items() if acc >= random_200), default=None)
-        result[taste] = {
+        entry: dict[str, object] = {
             "orders": summary,
             "runs": curves,
-            "uncertain_mean_test_accuracy": uncertain_mean,
             "random_200_test_accuracy": random_200,
-            "uncertain_labels_to_reach_random_200": reached,
-            "test_ties": int(np.sum(test[2] == 0.5)),
+            "decided_test_pairs": len(first),
         }
-        log(f"{taste}: random 200 -> test {random_200:.3f}; uncertain first reaches it with {reached} labels")
+        for order in ("uncertain", "closest"):
+            mean = {
+                n: float(np.mean([run[i]["test_accuracy"] for run in curves[order]]))
+                for i, n in enumerate(settings.refits)
+            }
+            entry[f"{order}_mean_test_accuracy"] = mean
+            entry[f"{order}_labels_to_reach_random_200"] = min(
+                (n for n, acc in mean.items() if acc >= random_200), default=None
+            )
+        result[taste] = entry
+        log(
+            f"{taste}: random 200 -> test {random_200:.3f}; uncertain first reaches it with "
+            f"{entry['uncertain_labels_to_reach_random_200']} labels, closest to even odds with "
+            f"{entry['closest_labels_to_reach_random_200']}"
+        )
     return result
 
 
@@ -369,12 +384,14 @@ def summary_rows(report: dict[str, object]) -> list[dict[str, object]]:
             rows.append(row)
             continue
         orders = result["orders"]
-        for order, short in (("random", "rand"), ("uncertain", "unc")):
-            for entry in orders[order]:
+        for order, short in (("random", "rand"), ("uncertain", "unc"), ("closest", "even")):
+            for entry in orders.get(order, []):
                 if entry["labels"] in (50, 100, 200):
-                    row[f"{short} CV@{entry['labels']}"] = f"{entry['cv_accuracy']:.3f}±{entry['cv_sd']:.3f}"
+                    if "cv_accuracy" in entry:
+                        row[f"{short} CV@{entry['labels']}"] = f"{entry['cv_accuracy']:.3f}±{entry['cv_sd']:.3f}"
                     row[f"{short} test@{entry['labels']}"] = f"{entry['test_accuracy']:.3f}±{entry['test_sd']:.3f}"
         row["unc labels to rand@200"] = result["uncertain_labels_to_reach_random_200"]
+        row["even labels to rand@200"] = result.get("closest_labels_to_reach_random_200", "")
         if taste in training:
             t = training[taste]
             row["win rate"] = f"{t['win_rate']:.3f}±{t['win_rate_standard_error']:.3f}"

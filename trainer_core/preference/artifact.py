@@ -1,6 +1,6 @@
 """A fitted preference model on disk, and the reward that scores with it.
 
-DIR/weights.safetensors   weights, mean, scale of the linear Bradley-Terry model (float64)
+DIR/weights.safetensors   weights, mean, scale (and the weights' covariance) of the linear Bradley-Terry model (float64)
 DIR/card.json             what it was fitted on and how well it does (`PreferenceCard`)
 """
 
@@ -63,9 +63,8 @@ class PreferenceCard:
 
 def save_preference_model(directory: Path, model: LinearPreferenceModel, card: PreferenceCard) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        name: torch.from_numpy(np.ascontiguousarray(getattr(model, name))) for name in ("weights", "mean", "scale")
-    }
+    arrays = {"weights": model.weights, "mean": model.mean, "scale": model.scale, "covariance": model.covariance}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items() if a is not None}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "bradley-terry-linear"})
     (directory / CARD_FILE).write_text(json.dumps(asdict(card), indent=2))
 
@@ -76,7 +75,10 @@ def load_card(directory: Path) -> PreferenceCard:
 
 def load_preference_model(directory: Path) -> tuple[LinearPreferenceModel, PreferenceCard]:
     tensors = load_file(str(directory / WEIGHTS_FILE))
-    model = LinearPreferenceModel(*(tensors[name].numpy() for name in ("weights", "mean", "scale")))
+    model = LinearPreferenceModel(
+        *(tensors[name].numpy() for name in ("weights", "mean", "scale")),
+        covariance=tensors["covariance"].numpy() if "covariance" in tensors else None,
+    )
     return model, load_card(directory)
 
 

@@ -80,11 +80,17 @@ class BradleyTerryConfig:
 
 @dataclass(frozen=True)
 class LinearPreferenceModel:
-    """r(x) = weights . (phi(x) - mean) / scale."""
+    """r(x) = weights . (phi(x) - mean) / scale.
+
+    covariance: how uncertain the weights still are given the labels they were fitted on (the Laplace
+    approximation of their posterior under a unit Gaussian prior on standardised features), which is what
+    ordering pairs uncertain first reads; None for a model stored without it.
+    """
 
     weights: np.ndarray  # [D]
     mean: np.ndarray  # [D]
     scale: np.ndarray  # [D]
+    covariance: np.ndarray | None = None  # [D, D]
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Scores [N] of features [N, D]."""
@@ -157,7 +163,16 @@ def fit_bradley_terry(
         t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
         momentum_point = candidate + (t - 1) / t_next * change
         weights, t = candidate, t_next
-    return LinearPreferenceModel(weights, mean, scale)
+    return LinearPreferenceModel(weights, mean, scale, laplace_covariance(x, weights))
+
+
+def laplace_covariance(differences: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The posterior covariance [D, D] of the weights around the fit, for labels whose standardised feature
+    differences are `differences` [N, D]: the inverse of the log-likelihood's curvature
+    sum_i p_i (1 - p_i) x_i x_i^T plus a unit prior precision, so that it is defined for any N."""
+    p = _sigmoid(differences @ weights)
+    curvature = (differences * (p * (1 - p))[:, None]).T @ differences
+    return np.linalg.inv(curvature + np.eye(len(weights)))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
