@@ -3,6 +3,7 @@
 vgrpo sample --model shapes-base --prompt "two red circles" --seeds 0-7 --out grid.png
 vgrpo eval --model shapes-base (--prompt-set heldout | --prompts-file FILE) --seeds 4 --out eval.json
 vgrpo pretrain-shapes --out DIR [--steps N]
+vgrpo export --lora FILE --format kohya|diffusers [--base MODEL] --out FILE.safetensors
 vgrpo label ... | labels import DIR | labels export --out DIR | reward fit --out NAME   (preference rewards)
 """
 
@@ -196,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         control = job_commands.add_parser(verb, help=f"{verb} a job")
         _storage_args(control)
         control.add_argument("id", type=int)
+    export = commands.add_parser(
+        "export", help="write a trained LoRA for ComfyUI / AUTOMATIC1111 (kohya) or diffusers, at its trained strength"
+    )
+    export.add_argument("--lora", type=Path, required=True, help="a checkpoint .safetensors the studio saved")
+    export.add_argument("--format", required=True, choices=("kohya", "diffusers"))
+    export.add_argument("--base", help="its base model (default: the one the LoRA records)")
+    export.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     from studio.cli_preference import add_commands
 
     add_commands(commands, _storage_args)
@@ -573,7 +581,17 @@ def _preference_command(name: str):  # -> Callable[[argparse.Namespace], None]
     return run
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from studio.export import export_file
+
+    if args.out.suffix != ".safetensors":
+        raise CliError(f"--out: must end in .safetensors, got {args.out}")
+    metadata = export_file(args.lora, args.out, args.format, args.base)
+    print(f"wrote {args.out} ({args.format}, {metadata['family']} family, rank {metadata['rank']})")
+
+
 COMMANDS = {
+    "export": cmd_export,
     "label": _preference_command("label"),
     "labels": _preference_command("labels"),
     "reward": _preference_command("reward"),

@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from sqlalchemy import select
 
 from storage.models import Checkpoint, Export
 from studio.jobs import JobError, JobService
+from trainer_core.adapters import family_of
+from trainer_core.lora import read_lora
 from trainer_core.lora_export import FORMATS, export_lora
-from trainer_core.model_zoo import model_class_name, resolve_model
+from trainer_core.model_zoo import component_on_meta, resolve_model
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-#: the denoiser's attribute name in each pipeline, as diffusers' LoRA keys use it
-DENOISER_COMPONENT = {"ShapesPipeline": "unet", "StableDiffusion3Pipeline": "transformer"}
 
 
 def sanitize_name(name: str) -> str:
@@ -23,6 +24,28 @@ def sanitize_name(name: str) -> str:
     if not cleaned:
         raise ValueError(f"name: {name!r} has no usable characters; use letters, digits, '.', '_' or '-'")
     return cleaned.removesuffix(".safetensors")
+
+
+def export_file(
+    lora: Path, destination: Path, fmt: str, base: str | None = None, metadata: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Write the studio LoRA file `lora` as `fmt` for its base model (`base`, else the one it records);
+    returns the metadata written. What `vgrpo export` and the Export tab both run."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    base = base or read_lora(lora)[2].get("base_model")
+    if not base:
+        raise ValueError(f"base: {lora} does not record its base model; name it (a built-in model or a directory)")
+    path = resolve_model(base)
+    family = family_of(path)
+    modules: dict[str, torch.nn.Module] = {}
+
+    def out_features(module: str) -> int:
+        if not modules:
+            modules.update(component_on_meta(path, family.denoiser_component).named_modules())
+        return int(modules[module].out_features)
+
+    return export_lora(lora, destination, fmt, family, out_features, {"base_model": base, **(metadata or {})})
 
 
 def export_checkpoint(service: JobService, checkpoint_id: int, fmt: str, name: str = "") -> Path:
@@ -34,13 +57,10 @@ def export_checkpoint(service: JobService, checkpoint_id: int, fmt: str, name: s
     if checkpoint is None:
         raise JobError(f"checkpoint {checkpoint_id}: no such checkpoint")
     job = service.get(checkpoint.job_id)
-    base = job.config["model"]["name"]
-    component = DENOISER_COMPONENT.get(model_class_name(resolve_model(base)), "unet")
     stem = sanitize_name(name or f"job{job.id}_iter{checkpoint.iteration}_{fmt}")
     destination = service.data_dir.inside(Path("exports") / f"{stem}.safetensors")
-    metadata = export_lora(
-        service.data_dir.inside(checkpoint.path), destination, fmt, component, {"base_model": base, "job": str(job.id)}
-    )
+    source = service.data_dir.inside(checkpoint.path)
+    metadata = export_file(source, destination, fmt, job.config["model"]["name"], {"job": str(job.id)})
     with service.db.session() as session:
         session.add(
             Export(checkpoint_id=checkpoint.id, format=fmt, path=service.data_dir.relative(destination), extra=metadata)

@@ -1,5 +1,6 @@
 """LoRA export: kohya names that ComfyUI / A1111 read, the same update as the studio's LoRA, safe names."""
 
+import json
 import re
 
 import pytest
@@ -69,13 +70,21 @@ def test_kohya_export_has_kohya_names_and_the_same_update(trained_checkpoint):
     assert [e.format for e in exports_of(service, checkpoint.job_id)] == ["kohya"]
 
 
-def test_diffusers_export_prefixes_the_denoiser(trained_checkpoint):
-    service, checkpoint, _ = trained_checkpoint
+def test_diffusers_export_prefixes_the_denoiser_and_carries_the_trained_scale(trained_checkpoint):
+    service, checkpoint, adapter = trained_checkpoint
     path = export_checkpoint(service, checkpoint.id, "diffusers")
     with safe_open(str(path), framework="pt") as handle:
-        keys = list(handle.keys())
-        assert '"lora_alpha": 8.0' in handle.metadata()["lora_adapter_metadata"]
-    assert all(k.startswith("unet.") and (k.endswith("lora_A.weight") or k.endswith("lora_B.weight")) for k in keys)
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        config = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert config["unet.r"] == config["unet.lora_alpha"] == 4  # alpha / r is in the weights, not the header
+    assert all(k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in tensors)
+    modules = dict(adapter.denoiser.named_modules())
+    for key, down in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removeprefix("unet.").removesuffix(".lora_A.weight")
+            up = tensors[key.replace("lora_A", "lora_B")]
+            expected = modules[module].get_delta_weight("default")  # what the trained layer adds
+            assert torch.allclose((up.flatten(1) @ down.flatten(1)).view_as(expected), expected, atol=1e-6)
 
 
 def test_export_names_are_sanitised_and_stay_inside_the_data_directory(trained_checkpoint):

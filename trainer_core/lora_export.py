@@ -1,64 +1,136 @@
-"""LoRA export for other tools: kohya / AUTOMATIC1111 / ComfyUI naming, or diffusers' peft naming.
+"""LoRA export for other tools, at the strength it was trained at.
 
-kohya (what ComfyUI and A1111 load), per adapted module `a.b.0.c`:
+kohya (what ComfyUI and AUTOMATIC1111 load), per weight of the model as those tools name it:
 
-    lora_unet_a_b_0_c.lora_down.weight   = A  [r, in]
-    lora_unet_a_b_0_c.lora_up.weight     = B  [out, r]
-    lora_unet_a_b_0_c.alpha              = alpha (scalar); the update is (alpha / r) * B A
+    STEM.lora_down.weight   = A  [r, in]
+    STEM.lora_up.weight     = B  [out, r]
+    STEM.alpha              = alpha (scalar); the tool adds (alpha / r) * B A
 
-diffusers: `<unet|transformer>.a.b.0.c.lora_A.weight` / `.lora_B.weight`, the adapter config in the
-`lora_adapter_metadata` header. Both are single safetensors files with string metadata.
+STEM is the family's name for the weight (`ModelFamily.kohya_target`). Where the tool's weight stacks
+several diffusers layers (SD3's and FLUX's fused q, k, v), the LoRAs of the layers become one LoRA of
+the summed rank: A stacked, B block-diagonal, which adds exactly each layer's own update to its rows
+(a layer not adapted contributes zero rows). Where the tool takes no `.alpha` key, alpha / r is folded
+into B and none is written.
+
+diffusers: `<unet|transformer>.<module path>.lora_A.weight` / `.lora_B.weight` with alpha / r folded into
+B, so that a tool that reads these names but no alpha (ComfyUI on SD3 and FLUX) applies the trained
+update too; the `lora_adapter_metadata` header, which diffusers' `load_lora_weights` builds its adapter
+from, says so (rank = alpha). Both are single safetensors files with string metadata.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from trainer_core.adapters.family import ModelFamily
 from trainer_core.lora import LoraSpec, read_lora
 
 FORMATS = ("kohya", "diffusers")
-_SUFFIXES = {".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight"}
+#: the output size of a denoiser module by its path, for the rows of a fused weight the LoRA leaves alone
+OutFeatures = Callable[[str], int]
 
 
-def _module_and_part(key: str) -> tuple[str, str]:
-    for suffix, part in _SUFFIXES.items():
-        if key.endswith(suffix):
-            return key[: -len(suffix)], part
-    raise ValueError(f"lora: unexpected tensor {key!r} (expected ...lora_A.weight or ...lora_B.weight)")
+def lora_pairs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) of each adapted module, by its path in the denoiser."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        for suffix in (".lora_A.weight", ".lora_B.weight"):
+            if key.endswith(suffix):
+                pairs.setdefault(key.removesuffix(suffix), {})[suffix[6]] = value.float()
+                break
+        else:
+            raise ValueError(f"lora: unexpected tensor {key!r} (expected ...lora_A.weight or ...lora_B.weight)")
+    incomplete = [path for path, pair in pairs.items() if len(pair) != 2]
+    if incomplete:
+        raise ValueError(f"lora: {incomplete[0]!r} lacks its lora_A or lora_B tensor")
+    return {path: (pair["A"], pair["B"]) for path, pair in pairs.items()}
 
 
 def kohya_state_dict(
-    tensors: dict[str, torch.Tensor], spec: LoraSpec, prefix: str = "lora_unet"
+    tensors: dict[str, torch.Tensor], spec: LoraSpec, family: ModelFamily, out_features: OutFeatures | None = None
 ) -> dict[str, torch.Tensor]:
+    """The LoRA under the names ComfyUI and AUTOMATIC1111 read for `family`, the same update."""
+    scale = spec.alpha / spec.rank
+    pairs = lora_pairs(tensors)
+    targets = {}
+    for path in pairs:
+        target = family.kohya_target(path)
+        targets[target.name] = target
     state: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        module, part = _module_and_part(key)
-        name = f"{prefix}_{module.replace('.', '_')}"
-        state[f"{name}.{part}"] = value.float().contiguous()
-        state[f"{name}.alpha"] = torch.tensor(float(spec.alpha))
+    for stem, target in targets.items():
+        present = [part for part in target.parts if part in pairs]
+        down = torch.cat([pairs[part][0] for part in present])  # [sum r, in, ...]
+        if len(target.parts) == 1:
+            up = pairs[target.parts[0]][1]
+        else:
+            up = _block_diagonal_up(target.parts, pairs, out_features, stem)
+        rank = down.shape[0]
+        if family.kohya_alpha:
+            state[f"{stem}.alpha"] = torch.tensor(scale * rank)  # the tool's alpha / rank is the trained scale
+        else:
+            up = up * scale
+        state[f"{stem}.lora_down.weight"] = down.contiguous()
+        state[f"{stem}.lora_up.weight"] = up.contiguous()
     return state
 
 
-def diffusers_state_dict(tensors: dict[str, torch.Tensor], component: str) -> dict[str, torch.Tensor]:
-    return {f"{component}.{key}": value.float().contiguous() for key, value in tensors.items()}
+def _block_diagonal_up(
+    parts: tuple[str, ...],
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    out_features: OutFeatures | None,
+    stem: str,
+) -> torch.Tensor:
+    """B of the fused LoRA: each adapted part's B at its rows of the fused weight and its columns of A."""
+    sizes = []
+    for part in parts:
+        if part in pairs:
+            sizes.append(pairs[part][1].shape[0])
+        elif out_features is None:
+            raise ValueError(f"export: {stem} fuses {part!r}, which the LoRA does not adapt; give the base model")
+        else:
+            sizes.append(out_features(part))
+    present = [part for part in parts if part in pairs]
+    up = torch.zeros(sum(sizes), sum(pairs[p][0].shape[0] for p in present))
+    row = column = 0
+    for part, size in zip(parts, sizes, strict=True):
+        if part in pairs:
+            b = pairs[part][1]
+            up[row : row + size, column : column + b.shape[1]] = b
+            column += b.shape[1]
+        row += size
+    return up
+
+
+def diffusers_state_dict(tensors: dict[str, torch.Tensor], spec: LoraSpec, component: str) -> dict[str, torch.Tensor]:
+    scale = spec.alpha / spec.rank
+    state = {}
+    for path, (down, up) in lora_pairs(tensors).items():
+        state[f"{component}.{path}.lora_A.weight"] = down.contiguous()
+        state[f"{component}.{path}.lora_B.weight"] = (up * scale).contiguous()
+    return state
 
 
 def export_lora(
-    source: Path, destination: Path, fmt: str, component: str = "unet", metadata: dict[str, str] | None = None
+    source: Path,
+    destination: Path,
+    fmt: str,
+    family: ModelFamily,
+    out_features: OutFeatures | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Write the studio LoRA at `source` as `fmt` to `destination`; returns the metadata written.
-
-    `component` is the denoiser's name in its pipeline (`unet` or `transformer`), used by diffusers.
-    """
+    """Write the studio LoRA at `source` as `fmt` for a model of `family` to `destination`; returns the
+    metadata written. `out_features` sizes the rows of fused weights that the LoRA does not adapt."""
     if fmt not in FORMATS:
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     spec, tensors, stored = read_lora(source)
     header = {
         "base_model": stored.get("base_model", ""),
+        "family": family.name,
         "rank": str(spec.rank),
         "alpha": str(spec.alpha),
         "target_modules": json.dumps(list(spec.target_modules)),
@@ -68,13 +140,15 @@ def export_lora(
         **(metadata or {}),
     }
     if fmt == "kohya":
-        state = kohya_state_dict(tensors, spec)
+        state = kohya_state_dict(tensors, spec, family, out_features)
         header.update({"ss_network_module": "networks.lora", "ss_network_dim": str(spec.rank)})
         header["ss_network_alpha"] = str(spec.alpha)
     else:
-        state = diffusers_state_dict(tensors, component)
-        adapter = {"r": spec.rank, "lora_alpha": spec.alpha, "target_modules": list(spec.target_modules)}
-        header["lora_adapter_metadata"] = json.dumps(adapter)
+        state = diffusers_state_dict(tensors, spec, family.denoiser_component)
+        adapter = {"r": spec.rank, "lora_alpha": spec.rank, "target_modules": list(spec.target_modules)}
+        header["lora_adapter_metadata"] = json.dumps(
+            {f"{family.denoiser_component}.{key}": value for key, value in adapter.items()}
+        )
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(destination.suffix + ".partial")
     save_file(state, str(partial), metadata=header)

@@ -47,6 +47,19 @@ def model_class_name(path: Path) -> str:
     return str(json.loads((path / "model_index.json").read_text())["_class_name"])
 
 
+def component_on_meta(path: Path, component: str) -> torch.nn.Module:
+    """A pipeline component (`unet`, `transformer`) built from its config on the meta device: its module
+    names and shapes at full size, no weights read."""
+    library, class_name = json.loads((path / "model_index.json").read_text())[component]
+    if library != "diffusers":
+        raise ModelNotFoundError(f"model: {path}'s {component} is a {library}.{class_name}, not a diffusers model")
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    with torch.device("meta"):
+        return cls.from_config(cls.load_config(path / component))
+
+
 def load_shapes_pipeline(name_or_path: str = "shapes-base", device: str | torch.device = "cpu") -> ShapesPipeline:
     """Load the shapes pipeline offline, in eval mode with frozen weights."""
     path = resolve_model(name_or_path)

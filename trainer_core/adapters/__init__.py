@@ -1,13 +1,15 @@
-"""Model adapters: one interface (`DenoiserAdapter`) over every supported model family."""
+"""Model adapters: one interface (`DenoiserAdapter`) over every supported model family, each family
+declared once in its adapter module (`family.ModelFamily`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.family import ModelFamily, families, family_of_pipeline, supported_pipelines
 from trainer_core.model_zoo import ModelNotFoundError, model_class_name, resolve_model
-
-SUPPORTED_PIPELINES = ("ShapesPipeline", "StableDiffusion3Pipeline")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -18,28 +20,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def family_of(path: Path) -> ModelFamily:
+    """The family of a pipeline directory, or an error naming the supported ones."""
+    class_name = model_class_name(path)
+    family = family_of_pipeline(class_name)
+    if family is None:
+        raise ModelNotFoundError(
+            f"model: {path} holds a {class_name}; supported pipelines: {', '.join(supported_pipelines())}"
+        )
+    return family
+
+
+def model_family(name: str) -> ModelFamily:
+    """The family of a built-in model name or a local diffusers directory."""
+    return family_of(resolve_model(name))
+
+
 def load_adapter(name: str, device: str = "auto", resolution: int | None = None) -> DenoiserAdapter:
     """The adapter for a built-in model or a local diffusers directory, weights frozen."""
     path = resolve_model(name)
-    class_name = model_class_name(path)
-    target = resolve_device(device)
-    if class_name == "ShapesPipeline":
-        from trainer_core.adapters.shapes import ShapesAdapter
-        from trainer_core.model_zoo import load_shapes_pipeline
-
-        return ShapesAdapter(load_shapes_pipeline(name, target))
-    if class_name == "StableDiffusion3Pipeline":
-        from trainer_core.adapters.sd3 import SD3Adapter
-
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-        adapter = SD3Adapter.from_pretrained(path, dtype=dtype, device=str(target))
-        if resolution is not None:
-            adapter = SD3Adapter(adapter.pipe, resolution)
-        adapter.denoiser.requires_grad_(False)
-        return adapter
-    raise ModelNotFoundError(
-        f"model: {path} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}"
-    )
+    adapter = family_of(path).load(path, resolve_device(device), resolution)
+    adapter.denoiser.requires_grad_(False)
+    return adapter
 
 
-__all__ = ["DenoiserAdapter", "PromptEmbeddings", "load_adapter", "resolve_device"]
+__all__ = [
+    "DenoiserAdapter",
+    "PromptEmbeddings",
+    "families",
+    "family_of",
+    "load_adapter",
+    "model_family",
+    "resolve_device",
+]

@@ -2,6 +2,9 @@
 
 The flow runs in the VAE's latent space: SD3's MMDiT predicts velocity
 eps - x0 at sigma = t, exactly the rectified-flow convention of METHOD.md.
+
+Kohya-named exports use the names of Stability's original MMDiT checkpoint (`joint_blocks.{i}.x_block...`),
+which ComfyUI and AUTOMATIC1111 key their SD3 LoRAs by; there q, k and v are one fused `qkv` weight.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.family import BlockLayout, KohyaTarget, ModelFamily, RolloutDefaults, block_kohya_target
 
 
 class SD3Adapter(DenoiserAdapter):
@@ -69,3 +73,50 @@ class SD3Adapter(DenoiserAdapter):
         images = vae.decode(scaled).sample
         pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _load(path: Path, device: torch.device, resolution: int | None) -> SD3Adapter:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    adapter = SD3Adapter.from_pretrained(path, dtype=dtype, device=str(device))
+    return adapter if resolution is None else SD3Adapter(adapter.pipe, resolution)
+
+
+#: a joint block of Stability's MMDiT, by the names of its weights, and the diffusers modules in each
+JOINT_BLOCK: BlockLayout = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "x_block.attn.proj": ("attn.to_out.0",),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "context_block.attn.proj": ("attn.to_add_out",),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),  # SD3.5's second attention
+    "x_block.attn2.proj": ("attn2.to_out.0",),
+    "x_block.mlp.fc1": ("ff.net.0.proj",),
+    "x_block.mlp.fc2": ("ff.net.2",),
+    "context_block.mlp.fc1": ("ff_context.net.0.proj",),
+    "context_block.mlp.fc2": ("ff_context.net.2",),
+}
+
+
+def _kohya_target(path: str) -> KohyaTarget:
+    return block_kohya_target("SD3", path, {"transformer_blocks": ("joint_blocks", JOINT_BLOCK)})
+
+
+FAMILY = ModelFamily(
+    name="sd3",
+    title="Stable Diffusion 3 / 3.5",
+    pipelines=("StableDiffusion3Pipeline",),
+    load=_load,
+    lora_targets=(
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    ),
+    rollout=RolloutDefaults(resolution=512, steps=10, guidance_scale=1.0),
+    denoiser_component="transformer",
+    kohya_target=_kohya_target,
+    kohya_alpha=False,  # AUTOMATIC1111 refuses `.alpha` keys on SD3 LoRAs
+)

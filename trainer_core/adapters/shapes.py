@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 from trainer_core.shapes.pipeline import ShapesPipeline, to_uint8
 
 
@@ -30,3 +33,32 @@ class ShapesAdapter(DenoiserAdapter):
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         return to_uint8(latents)
+
+
+def _load(path: Path, device: torch.device, resolution: int | None) -> ShapesAdapter:
+    from trainer_core.model_zoo import load_shapes_pipeline
+
+    return ShapesAdapter(load_shapes_pipeline(str(path), device))
+
+
+FAMILY = ModelFamily(
+    name="shapes",
+    title="Built-in shapes model (32 px, pixel space)",
+    pipelines=("ShapesPipeline",),
+    load=_load,
+    lora_targets=(
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "proj_in",
+        "proj_out",
+        "conv1",
+        "conv2",
+    ),
+    rollout=RolloutDefaults(resolution=None, steps=8, guidance_scale=1.0),
+    denoiser_component="unet",
+    kohya_target=kohya_unet_target,
+)
