@@ -198,9 +198,16 @@ def fused_lora(model: torch.nn.Module) -> Iterator[None]:
 
 def save_lora(model: torch.nn.Module, spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write the model's adapter to `path` (.safetensors), atomically."""
-    state = {
-        k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()
-    }
+    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    write_lora(state, spec, path, metadata)
+
+
+def write_lora(
+    tensors: dict[str, torch.Tensor], spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write peft's adapter tensors (`<module>.lora_A.weight`, `.lora_B.weight`) and their spec as a studio
+    LoRA file, atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {
         "format": LORA_FORMAT,
         "rank": str(spec.rank),

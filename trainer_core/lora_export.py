@@ -1,21 +1,24 @@
 """LoRA export for other tools, at the strength it was trained at.
 
+Every loader agrees on one thing: a LoRA without an `.alpha` key is applied at scale 1 (ComfyUI, AUTOMATIC1111
+and diffusers alike). So the trained scale alpha / r is folded into the up (B) weights and no alpha is
+written: an alpha key would be read differently by each (A1111 fails on SD3 files that have one, diffusers
+loses per-module alphas on SD attention layers and refuses alpha keys beside header metadata).
+
 kohya (what ComfyUI and AUTOMATIC1111 load), per weight of the model as those tools name it:
 
-    STEM.lora_down.weight   = A  [r, in]
-    STEM.lora_up.weight     = B  [out, r]
-    STEM.alpha              = alpha (scalar); the tool adds (alpha / r) * B A
+    STEM.lora_down.weight   = A                  [r, in]
+    STEM.lora_up.weight     = (alpha / r) * B    [out, r]
 
 STEM is the family's name for the weight (`ModelFamily.kohya_target`). Where the tool's weight stacks
 several diffusers layers (SD3's and FLUX's fused q, k, v), the LoRAs of the layers become one LoRA of
 the summed rank: A stacked, B block-diagonal, which adds exactly each layer's own update to its rows
-(a layer not adapted contributes zero rows). Where the tool takes no `.alpha` key, alpha / r is folded
-into B and none is written.
+(a layer not adapted contributes zero rows).
 
-diffusers: `<unet|transformer>.<module path>.lora_A.weight` / `.lora_B.weight` with alpha / r folded into
-B, so that a tool that reads these names but no alpha (ComfyUI on SD3 and FLUX) applies the trained
-update too; the `lora_adapter_metadata` header, which diffusers' `load_lora_weights` builds its adapter
-from, says so (rank = alpha). Both are single safetensors files with string metadata.
+diffusers: `<unet|transformer>.<module path>.lora_A.weight` / `.lora_B.weight`, B scaled the same way,
+and the `lora_adapter_metadata` header that diffusers' `load_lora_weights` builds its adapter from
+(keys prefixed by the component, rank = alpha). ComfyUI reads these names too for SD3 and FLUX, not for
+SD1.5 / SDXL attention layers; AUTOMATIC1111 reads them for none. Both are single safetensors files.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def lora_pairs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor
 def kohya_state_dict(
     tensors: dict[str, torch.Tensor], spec: LoraSpec, family: ModelFamily, out_features: OutFeatures | None = None
 ) -> dict[str, torch.Tensor]:
-    """The LoRA under the names ComfyUI and AUTOMATIC1111 read for `family`, the same update."""
+    """The LoRA under the names ComfyUI and AUTOMATIC1111 read for `family`, the same update at scale 1."""
     scale = spec.alpha / spec.rank
     pairs = lora_pairs(tensors)
     targets = {}
@@ -69,13 +72,8 @@ def kohya_state_dict(
             up = pairs[target.parts[0]][1]
         else:
             up = _block_diagonal_up(target.parts, pairs, out_features, stem)
-        rank = down.shape[0]
-        if family.kohya_alpha:
-            state[f"{stem}.alpha"] = torch.tensor(scale * rank)  # the tool's alpha / rank is the trained scale
-        else:
-            up = up * scale
         state[f"{stem}.lora_down.weight"] = down.contiguous()
-        state[f"{stem}.lora_up.weight"] = up.contiguous()
+        state[f"{stem}.lora_up.weight"] = (up * scale).contiguous()
     return state
 
 
@@ -141,8 +139,8 @@ def export_lora(
     }
     if fmt == "kohya":
         state = kohya_state_dict(tensors, spec, family, out_features)
-        header.update({"ss_network_module": "networks.lora", "ss_network_dim": str(spec.rank)})
-        header["ss_network_alpha"] = str(spec.alpha)
+        # alpha / r is in the up weights: to a kohya tool this is a LoRA whose alpha equals its rank
+        header.update(ss_network_module="networks.lora", ss_network_dim=str(spec.rank), ss_network_alpha=str(spec.rank))
     else:
         state = diffusers_state_dict(tensors, spec, family.denoiser_component)
         adapter = {"r": spec.rank, "lora_alpha": spec.rank, "target_modules": list(spec.target_modules)}

@@ -61,8 +61,6 @@ class ModelFamily:
     rollout: rollout defaults.
     denoiser_component: the denoiser's attribute in its pipeline, which diffusers' LoRA keys start with.
     kohya_target: a denoiser module's path -> where ComfyUI and AUTOMATIC1111 expect its update.
-    kohya_alpha: whether those tools read a kohya `.alpha` key for this family; where they do not, the
-        alpha / rank scale is folded into the up weights and no alpha is written.
     """
 
     name: str
@@ -73,7 +71,6 @@ class ModelFamily:
     rollout: RolloutDefaults
     denoiser_component: str
     kohya_target: Callable[[str], KohyaTarget]
-    kohya_alpha: bool = True
 
 
 def kohya_unet_target(path: str) -> KohyaTarget:

@@ -118,5 +118,4 @@ FAMILY = ModelFamily(
     rollout=RolloutDefaults(resolution=512, steps=10, guidance_scale=1.0),
     denoiser_component="transformer",
     kohya_target=_kohya_target,
-    kohya_alpha=False,  # AUTOMATIC1111 refuses `.alpha` keys on SD3 LoRAs
 )
