@@ -4,7 +4,6 @@ map that presents a variance-preserving UNet to V-GRPO as a flow."""
 import pytest
 import torch
 from diffusers import DDPMScheduler
-
 from family_contract import (
     assert_exports_load_in_diffusers,
     assert_loads_and_samples,
@@ -16,9 +15,10 @@ from family_contract import (
     train_through_cli,
 )
 from tiny_pipelines import tiny_sd15, tiny_sdxl
+
 from trainer_core.adapters import load_adapter, model_family
-from trainer_core.adapters.stable_diffusion import StableDiffusionAdapter
 from trainer_core.adapters.sdxl import StableDiffusionXLAdapter
+from trainer_core.adapters.stable_diffusion import StableDiffusionAdapter
 
 
 @pytest.fixture(scope="module")

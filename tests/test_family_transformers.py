@@ -3,7 +3,6 @@ velocity against its own diffusers pipeline."""
 
 import pytest
 import torch
-
 from family_contract import (
     assert_exports_load_in_diffusers,
     assert_loads_and_samples,
@@ -15,6 +14,7 @@ from family_contract import (
     train_through_cli,
 )
 from tiny_pipelines import tiny_flux, tiny_sd3
+
 from trainer_core.adapters import load_adapter, model_family
 from trainer_core.adapters.flux import FluxAdapter
 from trainer_core.adapters.sd3 import SD3Adapter
