@@ -6,6 +6,7 @@ Configs cross this boundary as plain nested dicts (the YAML shape); errors as `C
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from studio.preference import (
     labels_from_store,
 )
 from studio.reward_catalog import is_preference
+from trainer_core.adapters import model_family
+from trainer_core.adapters.family import family_of_pipeline
 from trainer_core.config import (
     ALGORITHMS,
     LR_SCHEDULES,
@@ -42,7 +45,7 @@ from trainer_core.config import (
     to_dict,
 )
 from trainer_core.lora_export import FORMATS
-from trainer_core.model_zoo import BUILTIN_MODELS
+from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, model_class_name, resolve_model
 from trainer_core.preference.artifact import PreferenceCard
 from trainer_core.preference.features import FEATURE_KINDS
 from trainer_core.samplers import SOLVERS
@@ -78,11 +81,29 @@ class Studio:
 
     # --- the Train tab -------------------------------------------------------------------------
 
-    def models(self) -> list[str]:
-        """Built-in models, then local diffusers directories under the data directory's `models/`."""
-        found = self.data_dir.models.iterdir() if self.data_dir.models.is_dir() else []
-        local = sorted(str(p) for p in found if (p / "model_index.json").is_file())
-        return [*BUILTIN_MODELS, *local]
+    def models(self) -> list[tuple[str, str]]:
+        """(what a person reads, the model's name) of the built-in models, then of the diffusers directories
+        in the data directory's `models/`, each with its family."""
+        found = sorted(self.data_dir.models.iterdir()) if self.data_dir.models.is_dir() else []
+        names = [*BUILTIN_MODELS, *(p.name for p in found if (p / "model_index.json").is_file())]
+        choices = []
+        for name in names:
+            pipeline = model_class_name(resolve_model(name, self.data_dir.models))
+            family = family_of_pipeline(pipeline)
+            choices.append((f"{name} · {family.title if family else f'not supported ({pipeline})'}", name))
+        return choices
+
+    def config_for_model(self, config: dict[str, Any], model: str) -> dict[str, Any]:
+        """`config` on `model`, with the rollout settings and LoRA targets its family trains with by default."""
+        try:
+            family = model_family(model, self.data_dir.models)
+        except ModelNotFoundError as error:
+            raise ConfigError(f"model.name: {str(error).removeprefix('model:').strip()}") from None
+        config = copy.deepcopy(config)
+        config["model"].update(name=model, resolution=family.rollout.resolution)
+        config["rollout"].update(steps=family.rollout.steps, guidance_scale=family.rollout.guidance_scale)
+        config["lora"]["target_modules"] = list(family.lora_targets)
+        return config
 
     def rewards(self) -> list[str]:
         """Built-in rewards, then the fitted preference rewards (`pref:NAME`)."""
@@ -149,7 +170,7 @@ class Studio:
 
     def validate(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config as the job will run it; raises ConfigError naming the first bad field."""
-        return to_dict(validate_config(config, self.jobs.catalog))
+        return to_dict(validate_config(config, self.jobs.catalog, self.data_dir.models))
 
     def config_from_yaml(self, text: str) -> dict[str, Any]:
         try:

@@ -57,7 +57,7 @@ def compare_checkpoints(
     grid_prompts = [p for p in prompts for _ in seeds]
     grid_seeds = [s for _ in prompts for s in seeds]
     for label, _, lora_path in resolved:
-        adapter = load_adapter(base_model)
+        adapter = load_adapter(base_model, models_dir=service.data_dir.models)
         if lora_path is not None:
             adapter.load_lora(lora_path)
         images = generate_images(adapter, grid_prompts, grid_seeds, sampling)

@@ -27,16 +27,22 @@ def sanitize_name(name: str) -> str:
 
 
 def export_file(
-    lora: Path, destination: Path, fmt: str, base: str | None = None, metadata: dict[str, str] | None = None
+    lora: Path,
+    destination: Path,
+    fmt: str,
+    base: str | None = None,
+    metadata: dict[str, str] | None = None,
+    models_dir: Path | None = None,
 ) -> dict[str, str]:
-    """Write the studio LoRA file `lora` as `fmt` for its base model (`base`, else the one it records);
-    returns the metadata written. What `vgrpo export` and the Export tab both run."""
+    """Write the studio LoRA file `lora` as `fmt` for its base model (`base`, else the one it records;
+    names also looked up in `models_dir`); returns the metadata written. What `vgrpo export` and the
+    Export tab both run."""
     if fmt not in FORMATS:
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     base = base or read_lora(lora)[2].get("base_model")
     if not base:
         raise ValueError(f"base: {lora} does not record its base model; name it (a built-in model or a directory)")
-    path = resolve_model(base)
+    path = resolve_model(base, models_dir)
     family = family_of(path)
     modules: dict[str, torch.nn.Module] = {}
 
@@ -60,7 +66,8 @@ def export_checkpoint(service: JobService, checkpoint_id: int, fmt: str, name: s
     stem = sanitize_name(name or f"job{job.id}_iter{checkpoint.iteration}_{fmt}")
     destination = service.data_dir.inside(Path("exports") / f"{stem}.safetensors")
     source = service.data_dir.inside(checkpoint.path)
-    metadata = export_file(source, destination, fmt, job.config["model"]["name"], {"job": str(job.id)})
+    base = job.config["model"]["name"]
+    metadata = export_file(source, destination, fmt, base, {"job": str(job.id)}, service.data_dir.models)
     with service.db.session() as session:
         session.add(
             Export(checkpoint_id=checkpoint.id, format=fmt, path=service.data_dir.relative(destination), extra=metadata)

@@ -11,6 +11,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -31,16 +32,20 @@ class JobError(ValueError):
     """A job request that cannot be honoured (unknown job, wrong state, invalid config)."""
 
 
-def validate_config(data: dict[str, Any] | TrainConfig, catalog: RewardCatalog | None = None) -> TrainConfig:
+def validate_config(
+    data: dict[str, Any] | TrainConfig, catalog: RewardCatalog | None = None, models_dir: Path | None = None
+) -> TrainConfig:
     """The whole config, checked before anything is stored: fields, the model and the rewards exist.
 
-    Preference rewards are looked up in `catalog` (the default data directory's when None).
+    Preference rewards are looked up in `catalog` (the default data directory's when None), model names
+    also in `models_dir`.
     """
-    from trainer_core.model_zoo import ModelNotFoundError, resolve_model
+    from trainer_core.adapters import model_family
+    from trainer_core.model_zoo import ModelNotFoundError
 
     config = data if isinstance(data, TrainConfig) else from_dict(TrainConfig, data)
     try:
-        resolve_model(config.model.name)
+        model_family(config.model.name, models_dir)
     except ModelNotFoundError as error:
         message = str(error).removeprefix("model:").strip()
         raise ConfigError(f"model.name: {message}") from None
@@ -91,7 +96,7 @@ class JobService:
     ) -> list[int]:
         """Several jobs in one transaction, all validated first: all are stored or none is. Preference
         rewards are pinned to their latest version (`pref:NAME` -> `pref:NAME@vN`)."""
-        checked = [pin_rewards(validate_config(c, self.catalog), self.catalog) for c in configs]
+        checked = [pin_rewards(validate_config(c, self.catalog, self.data_dir.models), self.catalog) for c in configs]
         if max_attempts < 1:
             raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
         with self.db.session() as session:

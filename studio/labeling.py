@@ -122,7 +122,7 @@ class _Models:
 
         if checkpoint not in self.loaded:
             _, _, lora_path = self.describe(checkpoint)
-            adapter = load_adapter(base_model)
+            adapter = load_adapter(base_model, models_dir=self.service.data_dir.models)
             if lora_path is not None:
                 adapter.load_lora(Path(lora_path))
             self.loaded[checkpoint] = adapter

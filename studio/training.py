@@ -89,7 +89,8 @@ def run_training(
         config = dataclasses.replace(load_config(run.config_path), **extended)
     run.create(dump_config(config))
 
-    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
+    models = (data_dir or DataDir()).models
+    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution, models)
     rewards = build_rewards(config, data_dir)
     trainer = make_trainer(adapter, rewards, config)
 

@@ -131,7 +131,7 @@ def test_kohya_export_lands_on_the_tools_weights_with_the_trained_update(model, 
         probe = torch.randn(in_features, generator=generator)
         applied = up @ (down @ probe)  # [out]: what the tool adds to this weight's output
         # the diffusers layers stacked in this weight, in order, each its rows
-        parts = [family.kohya_target(m).parts for m in adapted if family.kohya_target(m).name == stem][0]
+        parts = next(family.kohya_target(m).parts for m in adapted if family.kohya_target(m).name == stem)
         expected = torch.cat(
             [
                 trained_update(tensors, part, probe) if part in adapted else torch.zeros(modules[part].out_features)

@@ -23,12 +23,25 @@ def test_prompt_sets_hold_grammar_prompts(studio):
         studio.prompt_set("heldout: nothing")
 
 
-def test_models_list_builtins_and_local_directories(studio, tiny_shapes):
+def test_models_list_builtins_and_local_directories_with_their_family(studio, tiny_shapes, tmp_path):
     build_shapes_pipeline(tiny_shapes).save_pretrained(studio.data_dir.models / "mine")
     (studio.data_dir.models / "not-a-model").mkdir()
-    models = studio.models()
-    assert models[0] == "shapes-base"
-    assert models[1:] == [str(studio.data_dir.models / "mine")]
+    other = studio.data_dir.models / "cascade"
+    other.mkdir()
+    (other / "model_index.json").write_text('{"_class_name": "StableCascadePriorPipeline"}')
+    assert studio.models() == [
+        ("shapes-base · Built-in shapes model (32 px, pixel space)", "shapes-base"),
+        ("cascade · not supported (StableCascadePriorPipeline)", "cascade"),
+        ("mine · Built-in shapes model (32 px, pixel space)", "mine"),
+    ]
+    # a name in models/ is a model anywhere a config names one
+    config = studio.config_for_model(studio.preset_config(), "mine")
+    assert studio.validate(config)["model"]["name"] == "mine"
+    assert config["rollout"]["steps"] == 8 and config["lora"]["target_modules"][:2] == ["to_q", "to_k"]
+    with pytest.raises(ConfigError, match=r"model\.name: .*supported pipelines: .*StableDiffusionXLPipeline"):
+        studio.validate(studio.config_for_model(studio.preset_config(), "mine") | {"model": {"name": str(other)}})
+    with pytest.raises(ConfigError, match=r"model\.name: 'nowhere' is not a built-in model"):
+        studio.config_for_model(studio.preset_config(), "nowhere")
 
 
 def test_help_text_and_validation_name_fields(studio):

@@ -21,8 +21,9 @@ class ModelNotFoundError(ValueError):
     """A model name that is neither built in nor a usable local directory."""
 
 
-def resolve_model(name_or_path: str) -> Path:
-    """The pipeline directory for a built-in name or a local path."""
+def resolve_model(name_or_path: str, models_dir: Path | None = None) -> Path:
+    """The pipeline directory for a built-in name, a name in `models_dir` (the studio's own models) or a
+    local path."""
     if not name_or_path or not name_or_path.strip():
         raise ModelNotFoundError(f"model: empty; use a built-in model ({', '.join(BUILTIN_MODELS)}) or a local path")
     if name_or_path in BUILTIN_MODELS:
@@ -32,10 +33,15 @@ def resolve_model(name_or_path: str) -> Path:
                 f"model: built-in {name_or_path!r} has no weights at {path}; run `vgrpo pretrain-shapes --out {path}`"
             )
         return path
+    if models_dir is not None and Path(name_or_path).name == name_or_path:
+        local = models_dir / name_or_path
+        if (local / "model_index.json").is_file():
+            return local
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
+        where = f", a model in {models_dir}" if models_dir is not None else ""
         raise ModelNotFoundError(
-            f"model: {name_or_path!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}) "
+            f"model: {name_or_path!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}){where} "
             "nor an existing local directory (nothing is downloaded)"
         )
     if not (path / "model_index.json").is_file():

@@ -146,7 +146,8 @@ def build(studio: Studio) -> TrainForm:
         studio.models(),
         value=config["model"]["name"],
         label="Base model",
-        info="a built-in model, a diffusers directory in the data directory's models/, or a local path",
+        info="a built-in model, a diffusers directory in the data directory's models/ (by its name), or a local "
+        "path; picking one fills in its family's resolution, steps, guidance and LoRA targets",
         allow_custom_value=True,
         elem_id="train-model",
     )
@@ -258,6 +259,13 @@ def build(studio: Studio) -> TrainForm:
     def on_preset(name: str) -> list[Any]:
         return apply(studio.preset_config(name))
 
+    def on_model(*values: Any) -> list[Any]:
+        """A model picked: its family's resolution, steps, guidance and LoRA targets fill the form."""
+        try:
+            return apply(studio.config_for_model(form.collect(rewards, list(values)), values[0]))
+        except ConfigError as error:
+            return apply(str(error))
+
     preference.change(on_preference, preference, preference_card)
     form.refresh_preferences = refresh_preferences
     start.click(on_start, form.components(), status)
@@ -265,5 +273,6 @@ def build(studio: Studio) -> TrainForm:
     from_yaml.click(on_from_yaml, yaml_box, [*form.components(), status])
     yaml_file.upload(on_yaml_file, yaml_file, [*form.components(), status])
     load_preset.click(on_preset, preset, [*form.components(), status])
+    model.input(on_model, form.components(), [*form.components(), status])
     form.status, form.apply = status, apply  # the Jobs tab's "duplicate into Train" fills the form
     return form

@@ -31,14 +31,17 @@ def family_of(path: Path) -> ModelFamily:
     return family
 
 
-def model_family(name: str) -> ModelFamily:
-    """The family of a built-in model name or a local diffusers directory."""
-    return family_of(resolve_model(name))
+def model_family(name: str, models_dir: Path | None = None) -> ModelFamily:
+    """The family of a built-in model, a model in `models_dir` or a local diffusers directory."""
+    return family_of(resolve_model(name, models_dir))
 
 
-def load_adapter(name: str, device: str = "auto", resolution: int | None = None) -> DenoiserAdapter:
-    """The adapter for a built-in model or a local diffusers directory, weights frozen."""
-    path = resolve_model(name)
+def load_adapter(
+    name: str, device: str = "auto", resolution: int | None = None, models_dir: Path | None = None
+) -> DenoiserAdapter:
+    """The adapter for a built-in model, a model in `models_dir` or a local diffusers directory, weights
+    frozen."""
+    path = resolve_model(name, models_dir)
     adapter = family_of(path).load(path, resolve_device(device), resolution)
     adapter.denoiser.requires_grad_(False)
     return adapter
