@@ -14,7 +14,7 @@ import torch
 from storage.data_dir import DataDir
 from studio.reward_catalog import RewardCatalog
 from studio.runs import RunDirectory
-from trainer_core.adapters import load_adapter
+from trainer_core.adapters import load_model
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config, load_config
 from trainer_core.image_grid import save_grid
@@ -90,7 +90,7 @@ def run_training(
     run.create(dump_config(config))
 
     models = (data_dir or DataDir()).models
-    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution, models)
+    adapter = load_model(config.model, models)
     rewards = build_rewards(config, data_dir)
     trainer = make_trainer(adapter, rewards, config)
 

@@ -50,12 +50,22 @@ class ModelConfig:
     device: "auto" (CUDA when present), "cpu" or "cuda" (auto).
     mixed_precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "no" or "bf16" (auto).
     resolution: image side for latent models; None keeps the model's native size (None).
+    gradient_checkpointing: "on" recomputes the denoiser's activations in backward instead of keeping them,
+        "off", or "auto": the family's default (on for SDXL, SD3 and FLUX) (auto).
+    offload: "on" keeps text encoders and VAE in CPU memory, on the GPU only while they run, "off", or
+        "auto": the family's default (on for SDXL, SD3 and FLUX; nothing moves on a CPU) (auto).
+    decode_batch: latents the VAE decodes at once; 0 for the family's default (0).
+    prompt_cache: prompts whose embeddings are kept, so that each is encoded once; 0 keeps none (256).
     """
 
     name: str = "shapes-base"
     device: str = "auto"
     mixed_precision: str = "auto"
     resolution: int | None = None
+    gradient_checkpointing: str = "auto"
+    offload: str = "auto"
+    decode_batch: int = 0
+    prompt_cache: int = 256
 
     def __post_init__(self) -> None:
         if not self.name or not str(self.name).strip():
@@ -66,6 +76,12 @@ class ModelConfig:
             raise ConfigError(f"model.mixed_precision: must be auto, no or bf16, got {self.mixed_precision!r}")
         if self.resolution is not None and self.resolution < 8:
             raise ConfigError(f"model.resolution: must be at least 8, got {self.resolution}")
+        for name in ("gradient_checkpointing", "offload"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ConfigError(f"model.{name}: must be auto, on or off, got {getattr(self, name)!r}")
+        for name in ("decode_batch", "prompt_cache"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"model.{name}: must be a whole number >= 0, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

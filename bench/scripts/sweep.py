@@ -51,7 +51,7 @@ def run_variant(name: str, config_dict: dict[str, Any], out: str, deadline: floa
 
     torch.set_num_threads(1)
     from studio.training import run_training
-    from trainer_core.adapters import load_adapter
+    from trainer_core.adapters import load_model
     from trainer_core.config import TrainConfig, from_dict
     from trainer_core.shapes.evaluation import SamplingConfig, evaluate
     from trainer_core.shapes.prompt_sets import load_heldout
@@ -59,7 +59,7 @@ def run_variant(name: str, config_dict: dict[str, Any], out: str, deadline: floa
     run_dir = Path(out) / name
     config = from_dict(TrainConfig, config_dict)
     specs = load_heldout()
-    evaluator = load_adapter(config.model.name, config.model.device, config.model.resolution)
+    evaluator = load_model(config.model)
     evals: dict[str, dict[str, Any]] = {}
 
     def on_checkpoint(iteration: int, path: Path) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from studio.bench import device_name, format_rows, markdown_table, write_report
 from studio.training import build_rewards
-from trainer_core.adapters import load_adapter, resolve_device
+from trainer_core.adapters import load_model, resolve_device
 from trainer_core.adapters.base import DenoiserAdapter
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, load_config, load_preset, to_dict
@@ -92,7 +92,7 @@ class BudgetRun:
 def train_with_budget(config: TrainConfig, budget_s: float, marks: int, max_iterations: int | None = None) -> BudgetRun:
     """Train until `budget_s` seconds of iteration time are spent (or `max_iterations` are done),
     snapshotting the LoRA at `marks` evenly spaced marks of training time and at the end."""
-    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
+    adapter = load_model(config.model)
     trainer = make_trainer(adapter, build_rewards(config), config)
     snapshots, states = [Snapshot(0, 0.0, 0, 0, 0, math.nan)], [lora_state(adapter)]
     wall, steps, nfe, rewards = 0.0, 0, 0, []

@@ -29,7 +29,7 @@ import torch
 from studio.bench import device_name
 from studio.runs import RunDirectory
 from studio.training import _lora_metadata, build_rewards, save_sample_grid
-from trainer_core.adapters import load_adapter
+from trainer_core.adapters import load_model
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config
 from trainer_core.device_timing import DeviceIntervals
@@ -108,7 +108,7 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, object]:
     """Time `iterations` iterations of `config` after one warm-up iteration (on a GPU, and as many
     synchronised ones for the phase split)."""
-    adapter = load_adapter(config.model.name, config.model.device, config.model.resolution)
+    adapter = load_model(config.model)
     trainer = make_trainer(adapter, build_rewards(config), config)
     on_cuda = adapter.device.type == "cuda"
     if on_cuda:

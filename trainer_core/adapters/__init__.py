@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
 from trainer_core.adapters.family import ModelFamily, families, family_of_pipeline, supported_pipelines
+from trainer_core.config import ModelConfig
 from trainer_core.model_zoo import ModelNotFoundError, model_class_name, resolve_model
 
 
@@ -47,12 +48,37 @@ def load_adapter(
     return adapter
 
 
+def memory_options(config: ModelConfig, family: ModelFamily) -> MemoryOptions:
+    """The config's memory options, "auto" and 0 read as the family's defaults."""
+    defaults = family.memory
+
+    def switch(value: str, default: bool) -> bool:
+        return default if value == "auto" else value == "on"
+
+    return MemoryOptions(
+        gradient_checkpointing=switch(config.gradient_checkpointing, defaults.gradient_checkpointing),
+        offload=switch(config.offload, defaults.offload),
+        decode_batch=config.decode_batch or defaults.decode_batch,
+        prompt_cache=config.prompt_cache,
+    )
+
+
+def load_model(config: ModelConfig, models_dir: Path | None = None) -> DenoiserAdapter:
+    """The adapter a training config's `model` section describes, memory options applied."""
+    adapter = load_adapter(config.name, config.device, config.resolution, models_dir)
+    adapter.configure_memory(memory_options(config, model_family(config.name, models_dir)))
+    return adapter
+
+
 __all__ = [
     "DenoiserAdapter",
+    "MemoryOptions",
     "PromptEmbeddings",
     "families",
     "family_of",
     "load_adapter",
+    "load_model",
+    "memory_options",
     "model_family",
     "resolve_device",
 ]

@@ -4,17 +4,21 @@ An adapter owns a denoiser that predicts rectified-flow velocity in some
 latent space (pixels for the shapes model, VAE latents for SD3), the prompt
 encoder, and the decoder to images. The algorithms only ever call:
 
-    encode_prompts -> PromptEmbeddings
+    encode_prompts -> PromptEmbeddings  (cached per prompt)
     velocity(z, t, embeddings)          (x0 = z - t v follows)
     sample(embeddings, noise, ...)      any registered ODE solver, no grad
-    decode(latents) -> uint8 images     for the rewards
+    decode(latents) -> uint8 images     for the rewards, in chunks
     add_lora / lora_parameters / save_lora / load_lora / lora_merged / lora_disabled
+
+A family implements `_encode_prompts`, `velocity` and `_decode`, and names its text encoders and image
+decoder, which `MemoryOptions.offload` keeps off the GPU between uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +65,26 @@ class PromptEmbeddings:
         )
 
 
+@dataclass(frozen=True)
+class MemoryOptions:
+    """What trades time for memory at real sizes (each family's defaults: `ModelFamily.memory`).
+
+    gradient_checkpointing: recompute the denoiser's activations in the backward pass instead of keeping them.
+    offload: keep the text encoders and the image decoder in CPU memory, on the GPU only while they run.
+    decode_batch: latents decoded to images at once; 0 decodes a whole batch at once.
+    prompt_cache: prompts whose embeddings are kept (in CPU memory), so each is encoded once; 0 keeps none.
+    """
+
+    gradient_checkpointing: bool = False
+    offload: bool = False
+    decode_batch: int = 0
+    prompt_cache: int = 0
+
+    def __post_init__(self) -> None:
+        if self.decode_batch < 0 or self.prompt_cache < 0:
+            raise ValueError(f"decode_batch, prompt_cache: must be >= 0, got {self.decode_batch}, {self.prompt_cache}")
+
+
 class DenoiserAdapter(ABC):
     """A text-to-image flow model as the RL algorithms see it."""
 
@@ -71,6 +95,7 @@ class DenoiserAdapter(ABC):
     #: whether rollouts need classifier-free guidance by default
     default_guidance: float = 1.0
     lora_spec: lora.LoraSpec | None = None
+    memory: MemoryOptions = MemoryOptions()
 
     @property
     @abstractmethod
@@ -86,16 +111,75 @@ class DenoiserAdapter(ABC):
         return next(self.denoiser.parameters()).dtype
 
     @abstractmethod
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
-        """Conditioning for a batch of prompts (no grad: text encoders stay frozen)."""
+    def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+        """Conditioning for a batch of prompts, computed (no grad: text encoders stay frozen)."""
 
     @abstractmethod
     def velocity(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
         """v_theta(z_t, t, c) for z [B, C, H, W], t [B] in [0, 1] (1 = noise)."""
 
     @abstractmethod
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        """uint8 images [B, H, W, 3] from latents [B, C, H, W], in one pass."""
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """The modules `_encode_prompts` runs."""
+        return []
+
+    def image_decoders(self) -> list[torch.nn.Module]:
+        """The modules `_decode` runs."""
+        return []
+
+    # --- memory ------------------------------------------------------------------------------
+
+    def configure_memory(self, options: MemoryOptions) -> None:
+        self.memory = options
+        self.__dict__.pop("_prompt_cache", None)
+        if options.gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
+        if options.offload and self.device.type != "cpu":
+            for module in (*self.text_encoders(), *self.image_decoders()):
+                module.to("cpu")
+
+    @contextlib.contextmanager
+    def _on_device(self, modules: list[torch.nn.Module]) -> Iterator[None]:
+        """`modules` on the denoiser's device for the duration, when they are offloaded."""
+        moving = self.memory.offload and self.device.type != "cpu"
+        for module in modules if moving else []:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            for module in modules if moving else []:
+                module.to("cpu")
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+        """Conditioning for a batch of prompts; with a prompt cache each distinct prompt is encoded once."""
+        size = self.memory.prompt_cache
+        if not size:
+            with self._on_device(self.text_encoders()):
+                return self._encode_prompts(prompts)
+        cache = self.__dict__.setdefault("_prompt_cache", OrderedDict())
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            with self._on_device(self.text_encoders()):
+                fresh = self._encode_prompts(missing)
+            for i, prompt in enumerate(missing):
+                cache[prompt] = fresh[i : i + 1].map(lambda x: x.to("cpu"))
+        for prompt in prompts:
+            cache.move_to_end(prompt)
+        embeddings = PromptEmbeddings.cat([cache[p] for p in prompts]).map(lambda x: x.to(self.device))
+        while len(cache) > size:
+            cache.popitem(last=False)  # the least recently used
+        return embeddings
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """uint8 images [B, H, W, 3] from latents [B, C, H, W]."""
+        """uint8 images [B, H, W, 3] from latents [B, C, H, W], `memory.decode_batch` at a time."""
+        size = self.memory.decode_batch or len(latents)
+        with self._on_device(self.image_decoders()):
+            return np.concatenate([self._decode(latents[i : i + size]) for i in range(0, len(latents), size)])
 
     def predict_x0(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
         return z - t.view(-1, *([1] * (z.dim() - 1))) * self.velocity(z, t, embeddings)
@@ -181,7 +265,10 @@ class DenoiserAdapter(ABC):
         if not fold:
             folded: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         elif torch.is_grad_enabled():
-            folded = lora.fused_lora(self.denoiser)
+            # a checkpointed layer's recomputation in backward runs outside this context, unfused, and
+            # must save the same tensors as its forward: fold only when nothing is recomputed
+            recomputed = self.memory.gradient_checkpointing
+            folded = contextlib.nullcontext() if recomputed else lora.fused_lora(self.denoiser)
         else:
             folded = lora.merged_lora(self.denoiser)
         with folded:

@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainer_core.adapters.base import MemoryOptions
+
 if TYPE_CHECKING:
     import torch
 
@@ -61,6 +63,7 @@ class ModelFamily:
     rollout: rollout defaults.
     denoiser_component: the denoiser's attribute in its pipeline, which diffusers' LoRA keys start with.
     kohya_target: a denoiser module's path -> where ComfyUI and AUTOMATIC1111 expect its update.
+    memory: what `model.gradient_checkpointing`, `offload` and `decode_batch` mean by "auto" / 0.
     """
 
     name: str
@@ -71,6 +74,7 @@ class ModelFamily:
     rollout: RolloutDefaults
     denoiser_component: str
     kohya_target: Callable[[str], KohyaTarget]
+    memory: MemoryOptions
 
 
 def kohya_unet_target(path: str) -> KohyaTarget:

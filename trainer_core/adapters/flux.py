@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
 from trainer_core.adapters.family import BlockLayout, KohyaTarget, ModelFamily, RolloutDefaults, block_kohya_target
 
 #: dev's guidance input when none is given (the pipeline's default)
@@ -38,9 +38,8 @@ class FluxAdapter(DenoiserAdapter):
         self.denoiser = pipe.transformer
         self.max_sequence_length = max_sequence_length
         self.embedded_guidance = DEFAULT_EMBEDDED_GUIDANCE if pipe.transformer.config.guidance_embeds else None
-        for module in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-            if module is not None:
-                module.requires_grad_(False).eval()
+        for module in (*self.text_encoders(), *self.image_decoders()):
+            module.requires_grad_(False).eval()
         side = resolution or NATIVE_LATENT_SIDE * pipe.vae_scale_factor
         self._latent_side = 2 * (side // (pipe.vae_scale_factor * 2))
         self.time_shift = self._time_shift()
@@ -73,8 +72,13 @@ class FluxAdapter(DenoiserAdapter):
     def latent_shape(self) -> tuple[int, int, int]:
         return (int(self.denoiser.config.in_channels) // 4, self._latent_side, self._latent_side)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]
+
+    def image_decoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.vae]
+
+    def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         if self.pipe.text_encoder_2 is not None:
             states, pooled, _ = self.pipe.encode_prompt(
                 prompts, device=self.device, max_sequence_length=self.max_sequence_length
@@ -107,8 +111,7 @@ class FluxAdapter(DenoiserAdapter):
         unpacked = output.view(batch, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return unpacked.reshape(batch, channels, height, width)
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         scaled = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
         images = vae.decode(scaled).sample
@@ -168,4 +171,5 @@ FAMILY = ModelFamily(
     rollout=RolloutDefaults(resolution=512, steps=16, guidance_scale=1.0),
     denoiser_component="transformer",
     kohya_target=_kohya_target,
+    memory=MemoryOptions(gradient_checkpointing=True, offload=True, decode_batch=2),
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
 from trainer_core.adapters.family import BlockLayout, KohyaTarget, ModelFamily, RolloutDefaults, block_kohya_target
 
 
@@ -26,9 +26,8 @@ class SD3Adapter(DenoiserAdapter):
         self.pipe = pipe
         self.denoiser = pipe.transformer
         self.time_shift = float(pipe.scheduler.config.get("shift", 3.0))
-        for encoder in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae):
-            if encoder is not None:
-                encoder.requires_grad_(False).eval()
+        for module in (*self.text_encoders(), *self.image_decoders()):
+            module.requires_grad_(False).eval()
         sample_size = int(pipe.transformer.config.sample_size)
         self._latent_side = sample_size if resolution is None else resolution // pipe.vae_scale_factor
 
@@ -51,8 +50,14 @@ class SD3Adapter(DenoiserAdapter):
     def latent_shape(self) -> tuple[int, int, int]:
         return (int(self.denoiser.config.in_channels), self._latent_side, self._latent_side)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+    def text_encoders(self) -> list[torch.nn.Module]:
+        encoders = (self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3)
+        return [m for m in encoders if m is not None]
+
+    def image_decoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.vae]
+
+    def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         states, _, pooled, _ = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False
         )
@@ -66,8 +71,7 @@ class SD3Adapter(DenoiserAdapter):
             pooled_projections=embeddings.pooled,
         ).sample
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         scaled = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
         images = vae.decode(scaled).sample
@@ -118,4 +122,5 @@ FAMILY = ModelFamily(
     rollout=RolloutDefaults(resolution=512, steps=10, guidance_scale=1.0),
     denoiser_component="transformer",
     kohya_target=_kohya_target,
+    memory=MemoryOptions(gradient_checkpointing=True, offload=True, decode_batch=4),
 )

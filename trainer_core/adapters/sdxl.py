@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from trainer_core.adapters.base import PromptEmbeddings
+from trainer_core.adapters.base import MemoryOptions, PromptEmbeddings
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 from trainer_core.adapters.stable_diffusion import UNET_ATTENTION, StableDiffusionAdapter
 
 
 class StableDiffusionXLAdapter(StableDiffusionAdapter):
-    def _frozen_modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.vae) if m is not None]
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]
 
     @classmethod
     def from_pretrained(cls, path: Path, dtype: torch.dtype, device: str, resolution: int | None):
@@ -24,8 +24,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe.to(device), resolution)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+    def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         states, _, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device, do_classifier_free_guidance=False)
         # size conditioning: generated at this size, uncropped, for this size
         side = self._latent_side * self.pipe.vae_scale_factor
@@ -61,4 +60,5 @@ FAMILY = ModelFamily(
     rollout=RolloutDefaults(resolution=1024, steps=20, guidance_scale=5.0),
     denoiser_component="unet",
     kohya_target=kohya_unet_target,
+    memory=MemoryOptions(gradient_checkpointing=True, offload=True, decode_batch=4),
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 from trainer_core.shapes.pipeline import ShapesPipeline, to_uint8
 
@@ -23,15 +23,17 @@ class ShapesAdapter(DenoiserAdapter):
     def latent_shape(self) -> tuple[int, int, int]:
         return (3, self.pipe.resolution, self.pipe.resolution)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.text_encoder]
+
+    def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         states, pooled = self.pipe.encode_prompt(prompts)
         return PromptEmbeddings(states, pooled)
 
     def velocity(self, z: torch.Tensor, t: torch.Tensor, embeddings: PromptEmbeddings) -> torch.Tensor:
         return self.pipe.velocity(z, t, embeddings.states, embeddings.pooled)
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
         return to_uint8(latents)
 
 
@@ -61,4 +63,5 @@ FAMILY = ModelFamily(
     rollout=RolloutDefaults(resolution=None, steps=8, guidance_scale=1.0),
     denoiser_component="unet",
     kohya_target=kohya_unet_target,
+    memory=MemoryOptions(),
 )

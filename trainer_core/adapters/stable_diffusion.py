@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 
 
@@ -62,13 +62,16 @@ class StableDiffusionAdapter(DenoiserAdapter):
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"model: {self.prediction_type!r} UNets are not supported (epsilon, v_prediction)")
         self.levels = NoiseLevels(pipe.scheduler.alphas_cumprod)
-        for module in self._frozen_modules():
+        for module in (*self.text_encoders(), *self.image_decoders()):
             module.requires_grad_(False).eval()
         side = resolution or int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
         self._latent_side = side // pipe.vae_scale_factor
 
-    def _frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.pipe.text_encoder, self.pipe.vae]
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.text_encoder]
+
+    def image_decoders(self) -> list[torch.nn.Module]:
+        return [self.pipe.vae]
 
     @classmethod
     def from_pretrained(cls, path: Path, dtype: torch.dtype, device: str, resolution: int | None):
@@ -84,8 +87,7 @@ class StableDiffusionAdapter(DenoiserAdapter):
     def latent_shape(self) -> tuple[int, int, int]:
         return (int(self.denoiser.config.in_channels), self._latent_side, self._latent_side)
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+    def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         states, _ = self.pipe.encode_prompt(prompts, self.device, 1, do_classifier_free_guidance=False)
         return PromptEmbeddings(states.to(self.dtype))
 
@@ -106,8 +108,7 @@ class StableDiffusionAdapter(DenoiserAdapter):
             eps, x0 = sigma * z_model + alpha * output, alpha * z_model - sigma * output
         return (eps - x0).to(z.dtype)
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
         pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -131,4 +132,5 @@ FAMILY = ModelFamily(
     rollout=RolloutDefaults(resolution=512, steps=20, guidance_scale=5.0),
     denoiser_component="unet",
     kohya_target=kohya_unet_target,
+    memory=MemoryOptions(decode_batch=8),
 )
