@@ -149,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     throughput_source = throughput.add_mutually_exclusive_group()
     throughput_source.add_argument("--config", type=Path, help="a YAML training config")
     throughput_source.add_argument("--preset", default="shapes-geneval", help="a built-in preset (shapes-geneval)")
+    throughput_source.add_argument(
+        "--model-config", help="a real architecture (sd15, sdxl, sd3.5-medium, flux-dev); needs --random-weights"
+    )
+    throughput.add_argument(
+        "--random-weights", action="store_true", help="build --model-config with random weights (nothing downloaded)"
+    )
+    throughput.add_argument("--resolution", type=int, default=512, help="image side with --model-config (512)")
+    throughput.add_argument("--prompts-per-iteration", type=int, default=1, help="with --model-config (1)")
+    throughput.add_argument("--group-size", type=int, default=2, help="images per prompt with --model-config (2)")
+    throughput.add_argument("--steps", type=int, help="sampling steps with --model-config (the family's default)")
+    throughput.add_argument("--no-t5", action="store_true", help="leave T5-XXL out (SD3, FLUX), as they allow")
     throughput.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
     throughput.add_argument("--device", default="auto")
     throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
@@ -422,9 +433,27 @@ def bench_throughput(args: argparse.Namespace) -> None:
 
     if args.iterations < 1:
         raise CliError(f"--iterations: must be at least 1, got {args.iterations}")
-    config = load_config(args.config) if args.config else load_preset(args.preset)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=args.device))
-    report = throughput_benchmark(config, args.iterations)
+    adapter = None
+    if args.model_config:
+        from studio.bench.throughput import real_size_run
+
+        if not args.random_weights:
+            raise CliError("--model-config: add --random-weights (nothing is downloaded, so the weights are random)")
+        config, adapter = real_size_run(
+            args.model_config,
+            args.device,
+            args.resolution,
+            args.prompts_per_iteration,
+            args.group_size,
+            args.steps,
+            t5=not args.no_t5,
+        )
+    else:
+        config = load_config(args.config) if args.config else load_preset(args.preset)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=args.device))
+    report = throughput_benchmark(config, args.iterations, adapter)
+    if args.model_config:
+        report.update(model_config=args.model_config, random_weights=True, t5=not args.no_t5)
     write_report(report, args.out)
     print(
         f"throughput of {report['algorithm']} on {report['device']}, {report['images_per_iteration']} images/iteration"

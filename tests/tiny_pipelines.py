@@ -3,23 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from trainer_core.real_sizes import synthetic_clip_tokenizer
+
 
 def clip_tokenizer(folder: Path, max_length: int = 16):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in "abcdefghijklmnopqrstuvwxyz":
-        vocab[char] = len(vocab)
-        vocab[char + "</w>"] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+    return synthetic_clip_tokenizer(folder, max_length)
 
 
 def clip_config(hidden: int = 32, projection: int = 32):
@@ -79,6 +71,7 @@ def tiny_sd15(root: Path, prediction_type: str = "epsilon") -> str:
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
         prediction_type=prediction_type,
     )
     pipe = StableDiffusionPipeline(

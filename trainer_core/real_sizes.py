@@ -4,6 +4,12 @@ shapes against what other tools expect, and for measuring time and memory at rea
 
 from __future__ import annotations
 
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
 
 #: name -> (family, diffusers class, config), as in each model's `unet/` or `transformer/config.json`
@@ -92,5 +98,144 @@ def real_denoiser(
     import diffusers
 
     _, class_name, config = REAL_DENOISERS[name]
-    with torch.device(device):
-        return getattr(diffusers, class_name).from_config(config).to(dtype)
+    with torch.device(device), default_dtype(dtype):
+        return getattr(diffusers, class_name).from_config(config)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Parameters created in `dtype`: a 12B-parameter model is never held in float32 on the way to bf16."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+#: the text encoders the real pipelines ship, as transformers configs
+CLIP_L = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+CLIP_G = {**CLIP_L, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32}
+CLIP_G.update(num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
+T5_XXL = {
+    "vocab_size": 32128,
+    "d_model": 4096,
+    "d_ff": 10240,
+    "d_kv": 64,
+    "num_heads": 64,
+    "num_layers": 24,
+    "feed_forward_proj": "gated-gelu",
+}
+#: the VAEs: 4 latent channels (SD1.5, SDXL) or 16 (SD3, FLUX)
+VAE_4 = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
+VAE_16 = {**VAE_4, "latent_channels": 16, "use_quant_conv": False, "use_post_quant_conv": False}
+
+
+def synthetic_clip_tokenizer(folder: Path, max_length: int):
+    """A CLIP tokenizer over letters only: token ids for a random-weight text encoder, no vocabulary file
+    downloaded (the ids, not the words, are what the encoder's cost depends on)."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in "abcdefghijklmnopqrstuvwxyz":
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+
+
+def random_pipeline(
+    name: str, device: str | torch.device, dtype: torch.dtype, t5: bool = True, folder: Path | None = None
+):
+    """The whole pipeline `name` at real size with random weights: denoiser, text encoders (T5-XXL left out
+    when `t5` is False, as SD3 and FLUX allow), VAE and scheduler; tokenizers over letters only."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    folder = Path(folder or tempfile.mkdtemp(prefix="vgrpo-tokenizers-"))
+    family = REAL_DENOISERS[name][0]
+    denoiser = real_denoiser(name, device, dtype)
+
+    def build(cls, config):
+        with torch.device(device), default_dtype(dtype):
+            return cls(config)
+
+    def vae(config: dict[str, object], **extra: float):
+        with torch.device(device), default_dtype(dtype):
+            return diffusers.AutoencoderKL(**config, **extra)
+
+    def clip_tokenizer(sub: str, length: int = 77):
+        return synthetic_clip_tokenizer(folder / sub, length)
+
+    betas = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    if family == "sd15":
+        pipe = diffusers.StableDiffusionPipeline(
+            unet=denoiser,
+            vae=vae(VAE_4, scaling_factor=0.18215),
+            text_encoder=build(CLIPTextModel, CLIPTextConfig(**CLIP_L)),
+            tokenizer=clip_tokenizer("tokenizer"),
+            scheduler=diffusers.DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    elif family == "sdxl":
+        pipe = diffusers.StableDiffusionXLPipeline(
+            unet=denoiser,
+            vae=vae(VAE_4, scaling_factor=0.13025),
+            text_encoder=build(CLIPTextModel, CLIPTextConfig(**CLIP_L)),
+            tokenizer=clip_tokenizer("tokenizer"),
+            text_encoder_2=build(CLIPTextModelWithProjection, CLIPTextConfig(**CLIP_G)),
+            tokenizer_2=clip_tokenizer("tokenizer_2"),
+            scheduler=diffusers.EulerDiscreteScheduler(**betas),
+        )
+    elif family == "sd3":
+        pipe = diffusers.StableDiffusion3Pipeline(
+            transformer=denoiser,
+            vae=vae(VAE_16, scaling_factor=1.5305, shift_factor=0.0609),
+            text_encoder=build(CLIPTextModelWithProjection, CLIPTextConfig(**CLIP_L)),
+            tokenizer=clip_tokenizer("tokenizer"),
+            text_encoder_2=build(CLIPTextModelWithProjection, CLIPTextConfig(**CLIP_G)),
+            tokenizer_2=clip_tokenizer("tokenizer_2"),
+            text_encoder_3=build(T5EncoderModel, T5Config(**T5_XXL)) if t5 else None,
+            tokenizer_3=clip_tokenizer("tokenizer_3", 256) if t5 else None,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        )
+    else:
+        pipe = diffusers.FluxPipeline(
+            transformer=denoiser,
+            vae=vae(VAE_16, scaling_factor=0.3611, shift_factor=0.1159),
+            text_encoder=build(CLIPTextModel, CLIPTextConfig(**CLIP_L)),
+            tokenizer=clip_tokenizer("tokenizer"),
+            text_encoder_2=build(T5EncoderModel, T5Config(**T5_XXL)) if t5 else None,
+            tokenizer_2=clip_tokenizer("tokenizer_2", 512) if t5 else None,
+            scheduler=diffusers.FlowMatchEulerDiscreteScheduler(
+                use_dynamic_shifting=True,
+                base_shift=0.5,
+                max_shift=1.15,
+                base_image_seq_len=256,
+                max_image_seq_len=4096,
+            ),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -29,7 +29,7 @@ import torch
 from studio.bench import device_name
 from studio.runs import RunDirectory
 from studio.training import _lora_metadata, build_rewards, save_sample_grid
-from trainer_core.adapters import load_model
+from trainer_core.adapters import DenoiserAdapter, families, load_model, memory_options
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config
 from trainer_core.device_timing import DeviceIntervals
@@ -79,11 +79,12 @@ def _timed_iteration(
     adapter.save_lora(lora_path, _lora_metadata(config, trainer.iteration))
     run.save_state(trainer.iteration, trainer.state_dict())
     checkpoint_s = time.perf_counter() - started
+    every = config.logging
     started = time.perf_counter()
-    save_sample_grid(trainer, config, run.sample_path(trainer.iteration))
+    if every.sample_every:
+        save_sample_grid(trainer, config, run.sample_path(trainer.iteration))
     grid_s = time.perf_counter() - started
     grid_forward_s = timer.take()
-    every = config.logging
     grid_share = 1 / every.sample_every if every.sample_every else 0.0
     logging_s = metrics_s + checkpoint_s / every.checkpoint_every + grid_s * grid_share
     total_s = metrics["iteration_s"] + logging_s
@@ -105,10 +106,12 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
-def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, object]:
+def throughput_benchmark(
+    config: TrainConfig, iterations: int = 3, adapter: DenoiserAdapter | None = None
+) -> dict[str, object]:
     """Time `iterations` iterations of `config` after one warm-up iteration (on a GPU, and as many
-    synchronised ones for the phase split)."""
-    adapter = load_model(config.model)
+    synchronised ones for the phase split). `adapter` replaces the config's model (a random-weight one)."""
+    adapter = adapter or load_model(config.model)
     trainer = make_trainer(adapter, build_rewards(config), config)
     on_cuda = adapter.device.type == "cuda"
     if on_cuda:
@@ -135,6 +138,9 @@ def throughput_benchmark(config: TrainConfig, iterations: int = 3) -> dict[str, 
         "mean": {k: round(v, 4) for k, v in mean.items()},
         "per_iteration": [{k: round(v, 4) for k, v in r.items()} for r in rows],
         "peak_memory_mb": round(peak_memory_mb(adapter.device), 1),
+        "denoiser_parameters": sum(p.numel() for p in adapter.denoiser.parameters()),
+        "resolution": adapter.latent_shape[-1] * getattr(getattr(adapter, "pipe", None), "vae_scale_factor", 1),
+        "memory": dataclasses.asdict(adapter.memory),
         "config": dataclasses.asdict(config.rollout),
     }
     if synchronised:  # free-running phases are host times that overlap the device's work
@@ -153,3 +159,44 @@ THROUGHPUT_COLUMNS = [
     "outside_model_share",
     "images_per_s",
 ]
+
+
+def real_size_run(
+    name: str,
+    device: str,
+    resolution: int,
+    prompts_per_iteration: int = 1,
+    group_size: int = 2,
+    steps: int | None = None,
+    t5: bool = True,
+) -> tuple[TrainConfig, DenoiserAdapter]:
+    """A V-GRPO config and an adapter of the real architecture `name` (`trainer_core.real_sizes`) with
+    random weights: the family's LoRA targets, rollout defaults and memory options, the paper's LoRA
+    (rank 32, alpha 64), N_MC 2 and one gradient step, JPEG incompressibility as the reward."""
+    from trainer_core.adapters import resolve_device
+    from trainer_core.config import from_dict, load_preset, to_dict
+    from trainer_core.real_sizes import REAL_DENOISERS, random_pipeline
+
+    if name not in REAL_DENOISERS:
+        raise ValueError(f"--model-config: unknown {name!r}; allowed: {', '.join(REAL_DENOISERS)}")
+    family = families()[REAL_DENOISERS[name][0]]
+    target = resolve_device(device)
+    data = to_dict(load_preset("shapes-smoke"))
+    data["model"].update(name=f"random:{name}", device=str(target), resolution=resolution)
+    data["rollout"].update(
+        prompts_per_iteration=prompts_per_iteration,
+        group_size=group_size,
+        steps=steps or family.rollout.steps,
+        guidance_scale=family.rollout.guidance_scale,
+        solver="euler",
+    )
+    data["vgrpo"].update(n_mc=2, gradient_steps=1)
+    data["lora"] = {"rank": 32, "alpha": 64.0, "dropout": 0.0, "target_modules": list(family.lora_targets)}
+    data["rewards"] = {"weights": {"jpeg_incompressibility": 1.0}}
+    data["logging"].update(sample_every=0, checkpoint_every=1)
+    config = from_dict(TrainConfig, data)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    adapter = family.adapter(random_pipeline(name, target, dtype, t5=t5), resolution)
+    adapter.denoiser.requires_grad_(False)
+    adapter.configure_memory(memory_options(config.model, family))
+    return config, adapter

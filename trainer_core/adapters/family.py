@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainer_core.adapters.base import MemoryOptions
 
@@ -59,6 +59,7 @@ class ModelFamily:
     title: what a person reads.
     pipelines: the `_class_name`s of `model_index.json` that are this family.
     load: (pipeline directory, device, resolution or None) -> its adapter, weights frozen.
+    adapter: (diffusers pipeline object, resolution or None) -> its adapter (for pipelines built in memory).
     lora_targets: module names (suffixes) LoRA adapts by default.
     rollout: rollout defaults.
     denoiser_component: the denoiser's attribute in its pipeline, which diffusers' LoRA keys start with.
@@ -70,6 +71,7 @@ class ModelFamily:
     title: str
     pipelines: tuple[str, ...]
     load: Callable[[Path, torch.device, int | None], DenoiserAdapter]
+    adapter: Callable[[Any, int | None], DenoiserAdapter]
     lora_targets: tuple[str, ...]
     rollout: RolloutDefaults
     denoiser_component: str

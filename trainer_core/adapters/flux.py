@@ -158,6 +158,7 @@ FAMILY = ModelFamily(
     title="FLUX.1 (dev, schnell)",
     pipelines=("FluxPipeline",),
     load=_load,
+    adapter=FluxAdapter,
     lora_targets=(
         "attn.to_q",
         "attn.to_k",

@@ -109,6 +109,7 @@ FAMILY = ModelFamily(
     title="Stable Diffusion 3 / 3.5",
     pipelines=("StableDiffusion3Pipeline",),
     load=_load,
+    adapter=SD3Adapter,
     lora_targets=(
         "attn.to_q",
         "attn.to_k",

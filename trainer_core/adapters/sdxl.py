@@ -56,6 +56,7 @@ FAMILY = ModelFamily(
     title="Stable Diffusion XL",
     pipelines=("StableDiffusionXLPipeline",),
     load=_load,
+    adapter=StableDiffusionXLAdapter,
     lora_targets=UNET_ATTENTION,
     rollout=RolloutDefaults(resolution=1024, steps=20, guidance_scale=5.0),
     denoiser_component="unet",

@@ -48,6 +48,7 @@ FAMILY = ModelFamily(
     title="Built-in shapes model (32 px, pixel space)",
     pipelines=("ShapesPipeline",),
     load=_load,
+    adapter=lambda pipe, resolution: ShapesAdapter(pipe),
     lora_targets=(
         "to_q",
         "to_k",

@@ -128,6 +128,7 @@ FAMILY = ModelFamily(
     title="Stable Diffusion 1.x / 2.x",
     pipelines=("StableDiffusionPipeline",),
     load=_load,
+    adapter=StableDiffusionAdapter,
     lora_targets=UNET_ATTENTION,
     rollout=RolloutDefaults(resolution=512, steps=20, guidance_scale=5.0),
     denoiser_component="unet",
