@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from storage.data_dir import DataDir
 from storage.db import Database
+from studio.cli import main
 from studio.export import export_checkpoint, exports_of, sanitize_name
 from studio.jobs import JobService
 from trainer_core.adapters import load_adapter
@@ -96,3 +97,25 @@ def test_export_names_are_sanitised_and_stay_inside_the_data_directory(trained_c
         sanitize_name("../..")
     with pytest.raises(ValueError, match="format"):
         export_checkpoint(service, checkpoint.id, "ckpt")
+
+
+def test_the_cli_writes_what_the_export_tab_writes(trained_checkpoint, tmp_path, capsys):
+    service, checkpoint, adapter = trained_checkpoint
+    from_tab = export_checkpoint(service, checkpoint.id, "kohya", "tab")
+    lora = service.data_dir.inside(checkpoint.path)
+    out = tmp_path / "cli.safetensors"
+    assert main(["export", "--lora", str(lora), "--format", "kohya", "--out", str(out)]) == 0
+    assert "shapes family" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as cli_file, safe_open(str(from_tab), framework="pt") as tab_file:
+        assert sorted(cli_file.keys()) == sorted(tab_file.keys())
+        assert all(torch.equal(cli_file.get_tensor(k), tab_file.get_tensor(k)) for k in cli_file.keys())  # noqa: SIM118
+    assert main(["export", "--lora", str(lora), "--format", "kohya", "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--out: must end in .safetensors" in capsys.readouterr().err
+    anonymous = tmp_path / "anonymous.safetensors"
+    adapter.save_lora(anonymous)  # records no base model
+    assert main(["export", "--lora", str(anonymous), "--format", "diffusers", "--out", str(out)]) == 2
+    assert "base: " in capsys.readouterr().err
+    assert (
+        main(["export", "--lora", str(anonymous), "--format", "diffusers", "--base", "nowhere", "--out", str(out)]) == 2
+    )
+    assert "'nowhere' is not a built-in model" in capsys.readouterr().err

@@ -8,10 +8,12 @@ ComfyUI keys a kohya LoRA as `lora_unet_` + a weight's name with `_` for `.` (AU
 `lora_unet` as `diffusion_model`). FLUX's export also goes through diffusers' own kohya-to-diffusers
 conversion, which must give back each trained layer's update."""
 
+import json
 import re
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from trainer_core.adapters import families
@@ -159,3 +161,31 @@ def assert_diffusers_flux_conversion_gives_back_each_update(exported, tensors, m
         b = converted[f"transformer.{module}.lora_B.weight"]
         probe = torch.randn(modules[module].in_features, generator=generator)
         torch.testing.assert_close(b @ (a @ probe), trained_update(tensors, module, probe), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(REAL_DENOISERS))
+def test_diffusers_export_names_the_real_modules_with_the_trained_update(model, tmp_path):
+    family = families()[REAL_DENOISERS[model][0]]
+    denoiser = real_denoiser(model)
+    modules = dict(denoiser.named_modules())
+    lora, tensors = synthetic_lora(denoiser, family.lora_targets, tmp_path)
+    exported = tmp_path / "diffusers.safetensors"
+    export_lora(lora, exported, "diffusers", family)
+    with safe_open(str(exported), framework="pt") as handle:
+        header = json.loads(handle.metadata()["lora_adapter_metadata"])
+    prefix = family.denoiser_component
+    assert header[f"{prefix}.r"] == header[f"{prefix}.lora_alpha"] == RANK  # what diffusers reads: scale 1
+    state = load_file(str(exported))
+    assert all(k.startswith(f"{prefix}.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in state)
+    generator = torch.Generator().manual_seed(3)
+    for key, down in state.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removeprefix(f"{prefix}.").removesuffix(".lora_A.weight")
+            up = state[key.replace(".lora_A.", ".lora_B.")]
+            assert (up.shape[0], down.shape[1]) == tuple(modules[module].weight.shape)
+            probe = torch.randn(down.shape[1], generator=generator)
+            torch.testing.assert_close(
+                up @ (down @ probe), trained_update(tensors, module, probe), atol=1e-4, rtol=1e-4
+            )
+    assert len(state) == len(tensors)
