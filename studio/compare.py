@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from studio.jobs import JobError, JobService
-from trainer_core.adapters import load_adapter
+from trainer_core.adapters import load_adapter, model_family
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate, generate_images
 from trainer_core.shapes.grammar import PromptError, parse_prompt
 from trainer_core.shapes.scoring import score_image
@@ -23,6 +24,15 @@ class CompareResult:
     images: list[np.ndarray]  # per checkpoint: uint8 [len(prompts) * len(seeds), H, W, 3], prompt-major
     scores: list[list[dict[str, float]]]  # per checkpoint, per image: shapes reward -> score ({} off-grammar)
     accuracy: list[dict[str, float]]  # per checkpoint: held-out accuracy per category (empty if not asked)
+
+
+def family_sampling(model: str, models_dir: Path | None = None) -> SamplingConfig:
+    """How Compare and Label draw images of `model`: the shapes evaluation sampler for the shapes world, the
+    family's own steps and guidance (a few images per call) for the others."""
+    family = model_family(model, models_dir)
+    if family.name == "shapes":
+        return SamplingConfig()
+    return SamplingConfig(steps=family.rollout.steps, guidance_scale=family.rollout.guidance_scale, batch_size=4)
 
 
 def compare_checkpoints(
@@ -42,12 +52,12 @@ def compare_checkpoints(
         raise ValueError(f"checkpoints: pick 2 to 4, got {len(checkpoints)}")
     if not prompts or not seeds:
         raise ValueError("prompts, seeds: give at least one of each")
-    sampling = sampling or SamplingConfig()
     resolved = [_resolve(service, c) for c in checkpoints]
     bases = {base for _, base, _ in resolved if base is not None}
     if len(bases) > 1:
         raise ValueError(f"checkpoints: they come from different base models ({', '.join(sorted(bases))})")
     base_model = bases.pop() if bases else "shapes-base"
+    sampling = sampling or family_sampling(base_model, service.data_dir.models)
     specs = None
     if heldout_per_category:
         from studio.bench.speed import heldout_subset

@@ -24,12 +24,13 @@ import torch
 from PIL import Image
 
 from storage.labels import LabelStore, NewLabel
+from studio.compare import family_sampling
 from studio.jobs import JobError, JobService
 from studio.reward_catalog import RewardCatalog, is_preference
 from trainer_core.image_grid import grid_cells
 from trainer_core.preference.artifact import PreferenceReward
 from trainer_core.preference.selection import all_pairs, uncertain_first
-from trainer_core.shapes.evaluation import SamplingConfig, generate_images
+from trainer_core.shapes.evaluation import generate_images
 
 BASE = "base"
 SOURCES = ("seeds", "checkpoints", "job-samples")
@@ -127,7 +128,8 @@ class _Models:
                 adapter.load_lora(Path(lora_path))
             self.loaded[checkpoint] = adapter
         with torch.no_grad():
-            return generate_images(self.loaded[checkpoint], prompts, seeds, SamplingConfig())  # type: ignore[arg-type]
+            sampling = family_sampling(base_model, self.service.data_dir.models)
+            return generate_images(self.loaded[checkpoint], prompts, seeds, sampling)  # type: ignore[arg-type]
 
 
 class PairSampler:
