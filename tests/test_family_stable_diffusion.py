@@ -16,9 +16,11 @@ from family_contract import (
 )
 from tiny_pipelines import tiny_sd15, tiny_sdxl
 
+from studio.compare import family_sampling
 from trainer_core.adapters import load_adapter, model_family
 from trainer_core.adapters.sdxl import StableDiffusionXLAdapter
 from trainer_core.adapters.stable_diffusion import StableDiffusionAdapter
+from trainer_core.shapes.evaluation import SamplingConfig
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +69,9 @@ def test_stable_diffusion_families_keep_the_contract(pipelines, variant, tmp_pat
     tuned = assert_reloads_identically(model, checkpoint)
     assert assert_exports_load_in_diffusers(model, checkpoint, tuned, tmp_path) == ["diffusers", "kohya"]
     assert_runs_through_the_queue(config, tmp_path)
+
+
+def test_compare_and_label_draw_a_real_model_with_its_familys_sampler(pipelines):
+    sampling = family_sampling(pipelines["xl"])
+    assert (sampling.steps, sampling.guidance_scale) == (20, 5.0)
+    assert family_sampling("shapes-base") == SamplingConfig()
