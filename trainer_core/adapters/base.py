@@ -85,6 +85,24 @@ class MemoryOptions:
             raise ValueError(f"decode_batch, prompt_cache: must be >= 0, got {self.decode_batch}, {self.prompt_cache}")
 
 
+def weight_dtype(device: torch.device) -> torch.dtype:
+    """What a family's frozen weights are loaded in: bf16 on a GPU, fp32 on a CPU (LoRA trains in fp32)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def vae_decode(vae: torch.nn.Module, latents: torch.Tensor) -> np.ndarray:
+    """uint8 images [B, H, W, 3] from latents in the denoiser's scaled (and shifted) VAE space."""
+    config = vae.config  # type: ignore[attr-defined]
+    scaled = latents.to(vae.dtype) / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    return to_uint8(vae.decode(scaled).sample)  # type: ignore[operator]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] to uint8 [B, H, W, 3]."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 class DenoiserAdapter(ABC):
     """A text-to-image flow model as the RL algorithms see it."""
 

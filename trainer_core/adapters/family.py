@@ -84,6 +84,18 @@ def kohya_unet_target(path: str) -> KohyaTarget:
     return KohyaTarget(f"lora_unet_{path.replace('.', '_')}", (path,))
 
 
+#: the attention projections of both streams of a joint (MMDiT) block, as Flow-GRPO adapts SD3 and FLUX
+JOINT_ATTENTION = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
 #: one transformer block's layers as a tool names them: its weight's name -> the diffusers modules
 #: (relative to the block) stacked in it, in order
 BlockLayout = dict[str, tuple[str, ...]]

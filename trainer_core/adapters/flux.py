@@ -21,8 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
-from trainer_core.adapters.family import BlockLayout, KohyaTarget, ModelFamily, RolloutDefaults, block_kohya_target
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, vae_decode, weight_dtype
+from trainer_core.adapters.family import (
+    JOINT_ATTENTION,
+    BlockLayout,
+    KohyaTarget,
+    ModelFamily,
+    RolloutDefaults,
+    block_kohya_target,
+)
 
 #: dev's guidance input when none is given (the pipeline's default)
 DEFAULT_EMBEDDED_GUIDANCE = 3.5
@@ -112,15 +119,11 @@ class FluxAdapter(DenoiserAdapter):
         return unpacked.reshape(batch, channels, height, width)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        scaled = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        images = vae.decode(scaled).sample
-        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+        return vae_decode(self.pipe.vae, latents)
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> FluxAdapter:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = weight_dtype(device)
     return FluxAdapter.from_pretrained(path, dtype, str(device), resolution)
 
 
@@ -159,16 +162,7 @@ FAMILY = ModelFamily(
     pipelines=("FluxPipeline",),
     load=_load,
     adapter=FluxAdapter,
-    lora_targets=(
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    ),
+    lora_targets=JOINT_ATTENTION,
     rollout=RolloutDefaults(resolution=512, steps=16, guidance_scale=1.0),
     denoiser_component="transformer",
     kohya_target=_kohya_target,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from trainer_core.adapters.base import MemoryOptions, PromptEmbeddings
+from trainer_core.adapters.base import MemoryOptions, PromptEmbeddings, weight_dtype
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 from trainer_core.adapters.stable_diffusion import UNET_ATTENTION, StableDiffusionAdapter
 
@@ -47,7 +47,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> StableDiffusionXLAdapter:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = weight_dtype(device)
     return StableDiffusionXLAdapter.from_pretrained(path, dtype, str(device), resolution)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, to_uint8
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
-from trainer_core.shapes.pipeline import ShapesPipeline, to_uint8
+from trainer_core.shapes.pipeline import ShapesPipeline
 
 
 class ShapesAdapter(DenoiserAdapter):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, vae_decode, weight_dtype
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 
 
@@ -109,14 +109,11 @@ class StableDiffusionAdapter(DenoiserAdapter):
         return (eps - x0).to(z.dtype)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+        return vae_decode(self.pipe.vae, latents)
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> StableDiffusionAdapter:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = weight_dtype(device)
     return StableDiffusionAdapter.from_pretrained(path, dtype, str(device), resolution)
 
 

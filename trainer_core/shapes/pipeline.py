@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -126,12 +125,6 @@ class ShapesPipeline(DiffusionPipeline):
     def velocity(self, z: torch.Tensor, t: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise); `pooled` is unused here."""
         return self.unet(z, t * 1000, encoder_hidden_states=states).sample
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] to uint8 [B, H, W, 3]."""
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def build_shapes_pipeline(config: ShapesModelConfig, seed: int = 0) -> ShapesPipeline:
