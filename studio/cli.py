@@ -453,7 +453,8 @@ def bench_throughput(args: argparse.Namespace) -> None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, device=args.device))
     report = throughput_benchmark(config, args.iterations, adapter)
     if args.model_config:
-        report.update(model_config=args.model_config, random_weights=True, t5=not args.no_t5)
+        t5 = any(type(m).__name__ == "T5EncoderModel" for m in adapter.text_encoders())  # type: ignore[union-attr]
+        report.update(model_config=args.model_config, random_weights=True, t5=t5)
     write_report(report, args.out)
     print(
         f"throughput of {report['algorithm']} on {report['device']}, {report['images_per_iteration']} images/iteration"
