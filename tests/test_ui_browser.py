@@ -248,3 +248,35 @@ def test_a_person_labels_with_the_keyboard_fits_and_trains_on_the_reward(page, a
     assert len(labels) == 11 and sorted(r.choice for r in labels).count("tie") == 1
     assert all(studio.labels.load_image(r.image_a).shape == (32, 32, 3) for r in labels)
     assert studio.job_config(job_id)["rewards"]["weights"]["pref:browser-taste@v1"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_model_put_in_models_is_listed_with_its_family_and_brings_its_defaults(page, app_url, tmp_path):
+    import shutil
+
+    from tiny_pipelines import tiny_sd15
+
+    from storage.data_dir import DataDir
+    from studio.api import Studio
+
+    home = APP_HOMES[app_url]
+    shutil.copytree(tiny_sd15(tmp_path), home / "models" / "my-sd15")
+    fresh_form(page)
+    page.get_by_role("tab", name="Jobs").click()
+    page.get_by_role("tab", name="Train").click()  # opening Train lists the models put there since
+    page.locator("#train-model input").click()
+    page.get_by_role("option", name="my-sd15 · Stable Diffusion 1.x / 2.x").click()
+    page.wait_for_function(
+        "document.querySelector('#train-rollout-steps textarea, #train-rollout-steps input')?.value === '20'",
+        timeout=20_000,
+    )
+    shot(page, "train_model_family")
+    page.click("#train-start")
+    page.locator("#train-ok").wait_for(timeout=20_000)
+    job_id = int(re.search(r"Job (\d+) queued", page.locator("#train-ok").inner_text()).group(1))
+    studio = Studio(DataDir(home))
+    config = studio.job_config(job_id)
+    studio.jobs.cancel(job_id)
+    assert config["model"] == {**config["model"], "name": "my-sd15", "resolution": None}
+    assert config["rollout"]["guidance_scale"] == 5.0 and config["rollout"]["steps"] == 20
+    assert config["lora"]["target_modules"] == ["to_q", "to_k", "to_v", "to_out.0"]

@@ -33,4 +33,5 @@ def build_app(studio: Studio) -> gr.Blocks:
         label.select(label_refresh, None, label_outputs)
         # preference rewards fitted in the Label tab appear in the mix when Train is opened again
         train.select(form.refresh_preferences, form.preference, form.preference)
+        train.select(form.refresh_models, form.model, form.model)
     return app

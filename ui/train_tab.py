@@ -77,6 +77,7 @@ class TrainForm:
     status: gr.HTML | None = None  # where errors and "job queued" appear
     apply: Callable[[dict[str, Any] | str], list[Any]] | None = None  # fill the form from a config, or show an error
     refresh_preferences: Callable[[str], Any] | None = None  # list the preference rewards fitted since
+    refresh_models: Callable[[str], Any] | None = None  # list the models put in the data directory since
 
     def components(self) -> list[gr.components.Component]:
         return [
@@ -268,6 +269,7 @@ def build(studio: Studio) -> TrainForm:
 
     preference.change(on_preference, preference, preference_card)
     form.refresh_preferences = refresh_preferences
+    form.refresh_models = lambda current: gr.update(choices=studio.models(), value=current)
     start.click(on_start, form.components(), status)
     to_yaml.click(on_to_yaml, form.components(), [yaml_box, download_yaml, status])
     from_yaml.click(on_from_yaml, yaml_box, [*form.components(), status])

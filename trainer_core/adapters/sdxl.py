@@ -58,7 +58,7 @@ FAMILY = ModelFamily(
     load=_load,
     adapter=StableDiffusionXLAdapter,
     lora_targets=UNET_ATTENTION,
-    rollout=RolloutDefaults(resolution=1024, steps=20, guidance_scale=5.0),
+    rollout=RolloutDefaults(resolution=None, steps=20, guidance_scale=5.0),
     denoiser_component="unet",
     kohya_target=kohya_unet_target,
     memory=MemoryOptions(gradient_checkpointing=True, offload=True, decode_batch=4),

@@ -127,7 +127,7 @@ FAMILY = ModelFamily(
     load=_load,
     adapter=StableDiffusionAdapter,
     lora_targets=UNET_ATTENTION,
-    rollout=RolloutDefaults(resolution=512, steps=20, guidance_scale=5.0),
+    rollout=RolloutDefaults(resolution=None, steps=20, guidance_scale=5.0),
     denoiser_component="unet",
     kohya_target=kohya_unet_target,
     memory=MemoryOptions(decode_batch=8),
