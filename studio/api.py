@@ -48,6 +48,8 @@ from trainer_core.lora_export import FORMATS
 from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, model_class_name, resolve_model
 from trainer_core.preference.artifact import PreferenceCard
 from trainer_core.preference.features import FEATURE_KINDS
+from trainer_core.rewards.base import RewardModelConfig
+from trainer_core.rewards.registry import reward_specs
 from trainer_core.samplers import SOLVERS
 
 DEFAULT_PRESET = "shapes-smoke"
@@ -63,6 +65,15 @@ __all__ = [
     "SessionCounts",
     "Studio",
 ]
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    name: str
+    description: str
+    weights: str  # what its weights are ("" when it needs none)
+    path: str  # where they are looked for by default
+    ready: bool  # needs no weights, or finds them
 
 
 @dataclass
@@ -111,6 +122,16 @@ class Studio:
 
     def builtin_rewards(self) -> list[str]:
         return [name for name in self.jobs.catalog.names() if not is_preference(name)]
+
+    def reward_table(self) -> list[RewardInfo]:
+        """Each of the registry's rewards: what it measures, where its weights come from, whether they are
+        there (nothing is loaded)."""
+        rows = []
+        for name, spec in reward_specs().items():
+            problem = spec.missing(RewardModelConfig(), self.data_dir.models)
+            path = spec.weights_path(RewardModelConfig(), self.data_dir.models)
+            rows.append(RewardInfo(name, spec.description, spec.weights, str(path or ""), not problem))
+        return rows
 
     def latest_preference_versions(self, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """The config with pinned preference rewards (`pref:NAME@vN`) unpinned, so a duplicated job trains
@@ -208,10 +229,11 @@ class Studio:
         return self.jobs.metrics(job_id)
 
     def reward_series(self, job_id: int) -> list[str]:
-        """The metric names of the job's reward curves: reward_mean and one per reward of its mix (not
-        the timing `reward_s`, which shares the prefix)."""
-        weights = self.jobs.get(job_id).config.get("rewards", {}).get("weights", {})
-        return ["reward_mean", *(f"reward_{name}" for name in sorted(weights))]
+        """The metric names of the job's reward curves: reward_mean and one per reward of its mix, trained
+        on or monitored (not the timing `reward_s`, which shares the prefix)."""
+        mix = self.jobs.get(job_id).config.get("rewards", {})
+        names = [*sorted(mix.get("weights", {})), *mix.get("monitor", [])]
+        return ["reward_mean", *(f"reward_{name}" for name in names)]
 
     def sample_grids(self, job_id: int) -> list[tuple[int, str]]:
         return self.jobs.sample_grids(job_id)

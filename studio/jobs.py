@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import Checkpoint, Job, JobStatus, Metric, Sample, utcnow
-from studio.reward_catalog import RewardCatalog
+from studio.reward_catalog import RewardCatalog, is_preference
 from trainer_core.config import ConfigError, TrainConfig, from_dict, to_dict
 
 S = JobStatus
@@ -49,14 +49,15 @@ def validate_config(
     except ModelNotFoundError as error:
         message = str(error).removeprefix("model:").strip()
         raise ConfigError(f"model.name: {message}") from None
-    (catalog or RewardCatalog()).check(config.rewards.weights)
+    (catalog or RewardCatalog()).check(config.rewards.weights, config.rewards)
     return config
 
 
 def pin_rewards(config: TrainConfig, catalog: RewardCatalog) -> TrainConfig:
-    """The config with each preference reward pinned to the version it will train on."""
+    """The config with each preference reward pinned to the version it will train on (or monitor)."""
     weights = catalog.pin(config.rewards.weights)
-    return dataclasses.replace(config, rewards=dataclasses.replace(config.rewards, weights=weights))
+    monitor = tuple(str(catalog.resolve(n)) if is_preference(n) else n for n in config.rewards.monitor)
+    return dataclasses.replace(config, rewards=dataclasses.replace(config.rewards, weights=weights, monitor=monitor))
 
 
 @dataclass(frozen=True)

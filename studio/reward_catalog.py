@@ -1,5 +1,6 @@
-"""Every reward a config may name: the built-in rewards and the fitted preference rewards of the data
-directory.
+"""Every reward a config may name: the registry's (`trainer_core.rewards.registry`, learned ones read
+from the data directory's `models/rewards/NAME` unless the mix says where) and the fitted preference
+rewards of the data directory.
 
 A preference reward is named `pref:NAME` (its latest version) or `pref:NAME@vN` (exactly version N). A
 job is pinned at submit: `pref:NAME` becomes `pref:NAME@vN` in its stored config, so refitting later
@@ -15,7 +16,8 @@ from storage.data_dir import DataDir
 from storage.reward_store import RewardStore
 from trainer_core.config import ConfigError
 from trainer_core.preference.artifact import PreferenceCard, PreferenceReward, load_card
-from trainer_core.rewards.base import Reward
+from trainer_core.rewards.base import Reward, RewardMixConfig, RewardModelConfig
+from trainer_core.rewards.registry import build_rewards, reward_specs
 
 PREFIX = "pref:"
 _REFERENCE = re.compile(r"^pref:([^@]*)(?:@v(\d+))?$")
@@ -41,21 +43,17 @@ def is_preference(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def _builtin_names() -> list[str]:
-    from trainer_core.rewards.builtin import builtin_rewards
-
-    return sorted(builtin_rewards())
-
-
 class RewardCatalog:
     """Lists, checks, pins and builds rewards by name; only `build` loads anything."""
 
     def __init__(self, data_dir: DataDir | None = None) -> None:
-        self.store = RewardStore(data_dir or DataDir())
+        data_dir = data_dir or DataDir()
+        self.store = RewardStore(data_dir)
+        self.models_dir = data_dir.models
 
     def names(self) -> list[str]:
-        """Built-in rewards, then `pref:NAME` for each fitted preference reward."""
-        return [*_builtin_names(), *self.preference_names()]
+        """The registry's rewards, then `pref:NAME` for each fitted preference reward."""
+        return [*reward_specs(), *self.preference_names()]
 
     def preference_names(self) -> list[str]:
         return [f"{PREFIX}{name}" for name in self.store.names()]
@@ -82,14 +80,23 @@ class RewardCatalog:
         exact = self.resolve(reference)
         return load_card(self.store.directory(exact.name, exact.version or 0))
 
-    def check(self, weights: dict[str, float]) -> None:
-        """Every named reward exists (the error names the first that does not)."""
-        builtin = set(_builtin_names())
-        for name in weights:
-            if is_preference(name):
-                self.resolve(name)
-            elif name not in builtin:
-                raise ConfigError(f"rewards.weights.{name}: unknown reward; available: {', '.join(self.names())}")
+    def check(self, weights: dict[str, float], mix: RewardMixConfig | None = None) -> None:
+        """Every reward the mix names exists and, if it has weights, finds them (the error names the first
+        that does not, and what to put where). `weights` alone: the names, with default model configs."""
+        monitor = mix.monitor if mix is not None else ()
+        specs = reward_specs()
+        for section, names in (("weights", weights), ("monitor", monitor)):
+            for name in names:
+                if is_preference(name):
+                    self.resolve(name)
+                elif name not in specs:
+                    available = ", ".join(self.names())
+                    raise ConfigError(f"rewards.{section}.{name}: unknown reward; available: {available}")
+                else:
+                    config = mix.model_config(name) if mix is not None else RewardModelConfig()
+                    problem = specs[name].missing(config, self.models_dir)
+                    if problem:
+                        raise ConfigError(f"rewards.models.{name}.path: {problem}")
 
     def pin(self, weights: dict[str, float]) -> dict[str, float]:
         """The weights with every `pref:NAME` replaced by its latest version `pref:NAME@vN`."""
@@ -102,15 +109,11 @@ class RewardCatalog:
             pinned[key] = weight
         return pinned
 
-    def build(self, names: list[str]) -> dict[str, Reward]:
-        """The rewards of a mix, loaded once each, under the names the mix uses."""
-        self.check(dict.fromkeys(names, 1.0))
-        rewards: dict[str, Reward] = {}
-        if any(not is_preference(name) for name in names):
-            from trainer_core.rewards.builtin import builtin_rewards
-
-            builtin = builtin_rewards()
-            rewards.update({name: builtin[name] for name in names if not is_preference(name)})
+    def build(self, names: list[str], mix: RewardMixConfig | None = None) -> dict[str, Reward]:
+        """The rewards of a mix, loaded once each, under the names the mix uses (model configs from `mix`)."""
+        self.check(dict.fromkeys(names, 1.0), mix)
+        configs = {name: mix.model_config(name) for name in names} if mix is not None else {}
+        rewards = build_rewards([n for n in names if not is_preference(n)], configs, self.models_dir)
         for name in names:
             if is_preference(name):
                 exact = self.resolve(name)

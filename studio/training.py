@@ -56,7 +56,7 @@ class _StopFlag:
 def build_rewards(config: TrainConfig, data_dir: DataDir | None = None) -> RewardMix:
     """The config's reward mix; preference rewards come from `data_dir` (the default one when None)."""
     catalog = RewardCatalog(data_dir)
-    return RewardMix(catalog.build(list(config.rewards.weights)), config.rewards)
+    return RewardMix(catalog.build(config.rewards.scored, config.rewards), config.rewards)
 
 
 def run_training(

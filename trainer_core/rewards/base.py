@@ -11,7 +11,8 @@ mix combines several with weights, in one of two ways:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,43 @@ class Reward(ABC):
     def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray: ...
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """How a learned reward loads and runs (`rewards.models.NAME`).
+
+    path: its weights, a directory or a file; "" looks in `<models dir>/rewards/NAME` ("").
+    device: auto (the GPU when there is one), cpu, cuda or cuda:N (auto).
+    dtype: auto (bf16 on a GPU, fp32 on a CPU), float32 or bfloat16 (auto).
+    batch_size: images scored per model call (16).
+    """
+
+    path: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size: must be a whole number >= 1, got {self.batch_size!r}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
+        return getattr(torch, self.dtype)
+
+
 @dataclass(frozen=True)
 class RewardMixConfig:
     """Which rewards to optimise and how to combine them.
@@ -43,11 +81,17 @@ class RewardMixConfig:
     aggregation: "sum_then_normalize" or "normalize_then_sum" (MixGRPO) (sum_then_normalize).
     advantage_std: what divides the group-centred rewards: each group's own std ("group", GRPO) or the
         std of all centred rewards of the iteration ("batch", so near-ties stay small) (group; paper group).
+    monitor: rewards scored and drawn every iteration but not trained on, to see training on one reward
+        hurt another (the papers' out-of-domain metrics) (none).
+    models: reward name -> how its model loads and runs (path, device, dtype, batch_size; see
+        `RewardModelConfig`) ({}: each from `<models dir>/rewards/NAME`).
     """
 
     weights: dict[str, float]
     aggregation: str = "sum_then_normalize"
     advantage_std: str = "group"
+    monitor: tuple[str, ...] = ()
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -64,6 +108,31 @@ class RewardMixConfig:
             )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"rewards.aggregation: must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        object.__setattr__(self, "monitor", tuple(self.monitor))
+        trained = [name for name in self.monitor if name in self.weights]
+        if trained:
+            raise ValueError(f"rewards.monitor: {trained[0]} is trained on (it has a weight); a monitor carries none")
+        for name in self.models:
+            self.model_config(name)  # each section is checked now, not when the job loads it
+
+    def model_config(self, name: str) -> RewardModelConfig:
+        """`models[name]` as a checked config (defaults when the mix gives none)."""
+        section = self.models.get(name) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"rewards.models.{name}: must be a mapping of path, device, dtype, batch_size")
+        unknown = set(section) - {f.name for f in fields(RewardModelConfig)}
+        if unknown:
+            allowed = ", ".join(f.name for f in fields(RewardModelConfig))
+            raise ValueError(f"rewards.models.{name}: unknown {sorted(unknown)[0]!r}; allowed: {allowed}")
+        try:
+            return RewardModelConfig(**section)
+        except ValueError as error:
+            raise ValueError(f"rewards.models.{name}.{error}") from None
+
+    @property
+    def scored(self) -> list[str]:
+        """Every reward the mix scores: those it trains on, then those it monitors."""
+        return [*self.weights, *self.monitor]
 
 
 def score_checked(reward: Reward, images: np.ndarray, prompts: list[str]) -> np.ndarray:
@@ -85,18 +154,20 @@ def score_checked(reward: Reward, images: np.ndarray, prompts: list[str]) -> np.
 
 
 class RewardMix:
-    """Weighted rewards and their group advantages."""
+    """Weighted rewards and their group advantages; monitored rewards are scored alongside, unweighted."""
 
     def __init__(self, rewards: dict[str, Reward], config: RewardMixConfig) -> None:
-        missing = [name for name in config.weights if name not in rewards]
+        missing = [name for name in config.scored if name not in rewards]
         if missing:
             raise ValueError(f"rewards.weights: unknown reward {missing[0]!r}; known: {', '.join(sorted(rewards))}")
         self.rewards = {name: rewards[name] for name in config.weights}
+        self.monitored = {name: rewards[name] for name in config.monitor}
         self.config = config
 
     def score(self, images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-        """Scores [B] per reward (oriented so higher is better)."""
-        return {name: score_checked(reward, images, prompts) for name, reward in self.rewards.items()}
+        """Scores [B] per reward, trained-on and monitored (oriented so higher is better)."""
+        scored = {**self.rewards, **self.monitored}
+        return {name: score_checked(reward, images, prompts) for name, reward in scored.items()}
 
     def combined(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The weighted sum of rewards [B] (what `reward_mean` reports)."""

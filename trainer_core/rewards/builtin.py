@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from trainer_core.rewards.base import Reward
+from trainer_core.rewards.registry import RewardModelConfig, RewardSpec, build_rewards
 from trainer_core.shapes.grammar import parse_prompt
 from trainer_core.shapes.scoring import SCORE_NAMES, score_images
 
@@ -57,9 +60,37 @@ class JpegCompressibility(Reward):
         return self.sign * np.asarray(sizes)
 
 
+SHAPES_DESCRIPTIONS = {
+    "geneval": "shapes world: 1 when the image shows exactly what the prompt asks (objects, counts, colours, places)",
+    "partial": "shapes world: the mean of count, color and position (1 exactly when geneval is 1)",
+    "count": "shapes world: 1 minus the objects too many or too few per shape, over those asked for",
+    "color": "shapes world: the objects of the right shape and colour, over those asked for",
+    "position": "shapes world: the share of object pairs in the asked relation (1 without one)",
+}
+
+
+def _shapes_spec(name: str) -> RewardSpec:
+    def build(config: RewardModelConfig, path: Path | None, shared: dict[str, Any]) -> Reward:
+        return ShapesReward(name, shared.setdefault("shapes", ShapesScores()))  # one detector pass per image
+
+    return RewardSpec(name, SHAPES_DESCRIPTIONS[name], build)
+
+
+REWARDS = (
+    *(_shapes_spec(name) for name in SCORE_NAMES),
+    RewardSpec(
+        "jpeg_compressibility",
+        "any model: smaller JPEG files (DDPO's compressibility)",
+        lambda config, path, shared: JpegCompressibility(False),
+    ),
+    RewardSpec(
+        "jpeg_incompressibility",
+        "any model: larger JPEG files, more detail (DDPO's incompressibility)",
+        lambda config, path, shared: JpegCompressibility(True),
+    ),
+)
+
+
 def builtin_rewards() -> dict[str, Reward]:
-    shared = ShapesScores()
-    rewards: dict[str, Reward] = {name: ShapesReward(name, shared) for name in SCORE_NAMES}
-    for reward in (JpegCompressibility(False), JpegCompressibility(True)):
-        rewards[reward.name] = reward
-    return rewards
+    """Every reward that needs no weights, built."""
+    return build_rewards([spec.name for spec in REWARDS])
