@@ -96,7 +96,7 @@ class RewardCatalog:
                     config = mix.model_config(name) if mix is not None else RewardModelConfig()
                     problem = specs[name].missing(config, self.models_dir)
                     if problem:
-                        raise ConfigError(f"rewards.models.{name}.path: {problem}")
+                        raise ConfigError(f"rewards.{section}.{name}: {problem}")
 
     def pin(self, weights: dict[str, float]) -> dict[str, float]:
         """The weights with every `pref:NAME` replaced by its latest version `pref:NAME@vN`."""

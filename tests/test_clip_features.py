@@ -6,6 +6,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 import torch
+from tiny_pipelines import tiny_clip_model
 
 from storage.data_dir import DataDir
 from storage.reward_store import RewardStore
@@ -13,44 +14,10 @@ from studio.preference import LabelSet, fit_preference_reward
 from trainer_core.preference.artifact import PreferenceReward
 from trainer_core.preference.features import build_features
 
-WORDS = ["[PAD]", "[UNK]", "a", "red", "blue", "green", "circle", "square", "triangle", "two", "left", "of"]
-
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(WORDS),
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-            "pad_token_id": 0,
-            "bos_token_id": 0,
-            "eos_token_id": 1,
-        },
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=8,
-    )
-    CLIPModel(config).eval().save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
-    return str(path)
+    return tiny_clip_model(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 def images(n: int, seed: int) -> np.ndarray:

@@ -206,3 +206,43 @@ def tiny_flux(root: Path, guidance_embeds: bool = True, t5: bool = True) -> str:
     path = root / f"tiny-flux-{'dev' if guidance_embeds else 'schnell'}{'' if t5 else '-no-t5'}"
     pipe.save_pretrained(path)
     return str(path)
+
+
+CLIP_WORDS = ["[PAD]", "[UNK]", "a", "red", "blue", "green", "circle", "square", "triangle", "two", "left", "of"]
+
+
+def tiny_clip_model(path: Path, projection_dim: int = 8) -> str:
+    """A tiny random transformers CLIPModel with its image processor and tokenizer, in the layout of a real
+    CLIP or PickScore directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(CLIP_WORDS),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "pad_token_id": 0,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+    )
+    CLIPModel(config).eval().save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    word_level = Tokenizer(models.WordLevel({w: i for i, w in enumerate(CLIP_WORDS)}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=word_level, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
+    return str(path)

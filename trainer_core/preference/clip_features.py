@@ -8,6 +8,8 @@ overall agreement that PickScore and CLIPScore read (the cosine).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,20 @@ def _embedding(output: object) -> torch.Tensor:
 
 
 class ClipFeatures(ImageFeatures):
-    def __init__(self, path: str, device: str | None = None, batch_size: int = 32) -> None:
+    """A CLIP model from a local directory, in inference mode (also what the CLIP-based rewards score with).
+
+    `pixel_cache`, shared between CLIP models of one reward mix, keeps each batch's preprocessed pixels per
+    image processor, so models that preprocess alike (OpenAI's CLIP normalisation at 224 px) do it once.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        device: str | None = None,
+        batch_size: int = 32,
+        dtype: torch.dtype = torch.float32,
+        pixel_cache: dict[object, torch.Tensor] | None = None,
+    ) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         directory = Path(path).expanduser()
@@ -34,7 +49,8 @@ class ClipFeatures(ImageFeatures):
         self.spec = f"clip:{directory.resolve()}"
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
-        self.model = CLIPModel.from_pretrained(directory, local_files_only=True).to(self.device).eval()
+        self.model = CLIPModel.from_pretrained(directory, local_files_only=True, dtype=dtype).to(self.device).eval()
+        self.pixel_cache = pixel_cache
         self.processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
@@ -43,9 +59,10 @@ class ClipFeatures(ImageFeatures):
     def embed(self, images: np.ndarray, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised image and prompt embeddings, each [N, D]."""
         image_parts, text_parts = [], []
+        all_pixels = self.pixels(images)
         for start in range(0, len(images), self.batch_size):
             batch = slice(start, start + self.batch_size)
-            pixels = self.processor(images=list(images[batch]), return_tensors="pt")["pixel_values"]
+            pixels = all_pixels[batch].to(self.model.dtype)
             tokens = self.tokenizer(
                 prompts[batch], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
             )
@@ -60,6 +77,21 @@ class ClipFeatures(ImageFeatures):
             )
         image, text = torch.cat(image_parts).float(), torch.cat(text_parts).float()
         return torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1)
+
+    def pixels(self, images: np.ndarray) -> torch.Tensor:
+        """The processor's pixel values [N, 3, S, S] of uint8 images [N, H, W, 3], from the cache when a CLIP
+        model with the same preprocessing has already computed them for these images."""
+        if self.pixel_cache is None:
+            return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        key = (
+            hashlib.sha1(images.tobytes()).hexdigest(),
+            images.shape,
+            json.dumps(self.processor.to_dict(), sort_keys=True),
+        )
+        if key not in self.pixel_cache:
+            self.pixel_cache.clear()  # one batch of images at a time
+            self.pixel_cache[key] = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return self.pixel_cache[key]
 
     def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         if len(images) != len(prompts):

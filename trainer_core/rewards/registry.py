@@ -29,6 +29,7 @@ class RewardSpec:
     build: (its config, its weights' path or None, a dict the rewards of one mix share) -> the reward.
     weights: what its weights are and where they come from; "" for a reward that needs none.
     files: what must be inside the weights directory (checked before a job starts).
+    requires: what else it needs, checked before a job starts: () -> what is missing, or "".
     """
 
     name: str
@@ -36,6 +37,7 @@ class RewardSpec:
     build: Callable[[RewardModelConfig, Path | None, dict[str, Any]], Reward]
     weights: str = ""
     files: tuple[str, ...] = ()
+    requires: Callable[[], str] | None = None
 
     def weights_path(self, config: RewardModelConfig, models_dir: Path | None) -> Path | None:
         """Where its weights are looked for (None for a reward without weights)."""
@@ -46,10 +48,11 @@ class RewardSpec:
         return (models_dir or Path("models")) / "rewards" / self.name
 
     def missing(self, config: RewardModelConfig, models_dir: Path | None) -> str:
-        """Why its weights cannot be loaded, or "" when they can."""
+        """Why it cannot be built (its weights or what else it requires), or "" when it can."""
+        problem = self.requires() if self.requires is not None else ""
         path = self.weights_path(config, models_dir)
-        if path is None:
-            return ""
+        if problem or path is None:
+            return problem
         absent = [name for name in self.files if not (path / name).exists()] if path.is_dir() else []
         if path.exists() and not absent:
             return ""
@@ -83,6 +86,6 @@ def build_rewards(
         spec, config = specs[name], (configs or {}).get(name, RewardModelConfig())
         problem = spec.missing(config, models_dir)
         if problem:
-            raise ValueError(f"rewards.models.{name}.path: {problem}")
+            raise ValueError(f"rewards.weights.{name}: {problem}")
         built[name] = spec.build(config, spec.weights_path(config, models_dir), shared)
     return built

@@ -1,0 +1,162 @@
+"""The rewards people align with, each against its reference formula on tiny random models saved in the
+layout of the real weights, OCR with the real Tesseract on rendered text; the registry loads nothing to
+list them, refuses missing weights by path, and scores monitored rewards beside the trained ones."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tiny_pipelines import tiny_clip_model
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+from storage.data_dir import DataDir
+from studio.api import Studio
+from trainer_core.config import ConfigError
+from trainer_core.rewards.aesthetic import MLP_FILE, aesthetic_mlp
+from trainer_core.rewards.base import RewardMix, RewardMixConfig, RewardModelConfig
+from trainer_core.rewards.ocr import asked_text, edit_distance
+from trainer_core.rewards.registry import build_rewards, reward_specs
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a red square"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A models directory as the studio reads it: rewards/NAME for each learned reward."""
+    root = tmp_path_factory.mktemp("models")
+    clip = tiny_clip_model(root / "rewards" / "clip_score")
+    shutil.copytree(clip, root / "rewards" / "pickscore")
+    shutil.copytree(clip, root / "rewards" / "aesthetic" / "clip")
+    torch.manual_seed(1)
+    mlp = aesthetic_mlp(8)
+    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, root / "rewards" / "aesthetic" / MLP_FILE)
+    return root
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def reference_embeddings(directory, pictures, prompts):
+    """CLIP's normalised image and text embeddings, computed here with transformers directly."""
+    model = CLIPModel.from_pretrained(directory).eval()
+    pixels = AutoImageProcessor.from_pretrained(directory)(images=list(pictures), return_tensors="pt")["pixel_values"]
+    tokens = AutoTokenizer.from_pretrained(directory)(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=pixels)
+        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    image = image if isinstance(image, torch.Tensor) else image.pooler_output
+    text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    return model, torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1)
+
+
+def test_clip_score_and_pickscore_are_their_reference_formulas(models):
+    pictures = images(3, 0)
+    rewards = build_rewards(["clip_score", "pickscore"], models_dir=models)
+    model, image, text = reference_embeddings(models / "rewards" / "pickscore", pictures, PROMPTS)
+    cosine = (image * text).sum(-1).numpy()
+    np.testing.assert_allclose(rewards["clip_score"].score(pictures, PROMPTS), cosine, atol=1e-5)
+    pick = model.logit_scale.exp().item() * cosine  # PickScore's logits
+    np.testing.assert_allclose(rewards["pickscore"].score(pictures, PROMPTS), pick, atol=1e-4)
+    assert model.logit_scale.exp().item() > 2  # the scale is really applied
+
+
+def test_aesthetic_is_the_mlp_on_the_normalised_clip_embedding(models):
+    pictures = images(4, 1)
+    reward = build_rewards(["aesthetic"], models_dir=models)["aesthetic"]
+    _, image, _ = reference_embeddings(models / "rewards" / "aesthetic" / "clip", pictures, PROMPTS[:1] * 4)
+    state = torch.load(models / "rewards" / "aesthetic" / MLP_FILE, weights_only=True)
+    hidden = image
+    for index in (0, 2, 4, 6, 7):  # the predictor's linear layers; dropout is off in inference
+        hidden = hidden @ state[f"layers.{index}.weight"].T + state[f"layers.{index}.bias"]
+    np.testing.assert_allclose(reward.score(pictures, PROMPTS[:1] * 4), hidden.squeeze(-1).numpy(), atol=1e-5)
+
+
+def test_clip_rewards_of_one_mix_load_each_model_once_and_preprocess_each_batch_once(models, monkeypatch):
+    rewards = build_rewards(["clip_score", "aesthetic"], models_dir=models)
+    processor = rewards["clip_score"].clip.processor  # type: ignore[attr-defined]
+    calls = []
+    original = type(processor).__call__
+    monkeypatch.setattr(type(processor), "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    pictures = images(2, 3)
+    for reward in rewards.values():
+        reward.score(pictures, PROMPTS[:2])
+    assert len(calls) == 1  # same preprocessing (a CLIP image processor): the pixels are computed once
+    rewards["clip_score"].score(images(2, 4), PROMPTS[:2])
+    assert len(calls) == 2
+
+
+def render_text(text: str, size: int = 256) -> np.ndarray:
+    picture = Image.new("RGB", (size, size // 2), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.text((12, size // 8), text, fill="black", font=ImageFont.load_default(size=40))
+    return np.asarray(picture)
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract-ocr is not installed (CI installs it)")
+def test_ocr_reads_rendered_text_with_the_real_engine():
+    reward = build_rewards(["ocr"])["ocr"]
+    pictures = np.stack([render_text("OPEN LATE"), render_text("CLOSED"), np.full((128, 256, 3), 255, np.uint8)])
+    prompts = ['a shop sign that says "Open late"'] * 3
+    scores = reward.score(pictures, prompts)
+    assert scores[0] >= 0.85  # case and spaces do not count
+    assert scores[1] < 0.5 and scores[2] == 0.0  # another word; nothing to read
+    with pytest.raises(ValueError, match="asks for no text in double quotes"):
+        reward.score(pictures[:1], ["a shop sign"])
+
+
+def test_edit_distance_and_the_asked_text():
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("", "abc") == 3 and edit_distance("ab", "ab") == 0
+    assert asked_text('a sign saying "Hello World" and "more"') == "Hello World"
+
+
+def test_listing_loads_nothing_and_missing_weights_are_refused_by_path(tmp_path, monkeypatch):
+    import trainer_core.preference.clip_features as clip_features
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(clip_features.ClipFeatures, "__init__", no_loading)
+    studio = Studio(DataDir(tmp_path / "home"))
+    table = {row.name: row for row in studio.reward_table()}
+    assert set(reward_specs()) <= set(table) and "pickscore" in studio.rewards()
+    assert not table["pickscore"].ready and table["pickscore"].path == str(
+        studio.data_dir.models / "rewards" / "pickscore"
+    )
+    assert table["geneval"].ready and table["geneval"].weights == ""
+    config = studio.preset_config()
+    config["rewards"] = {"weights": {"partial": 1.0, "pickscore": 0.5}}
+    with pytest.raises(
+        ConfigError, match=r"rewards\.weights\.pickscore: .*rewards/pickscore does not exist; put PickScore"
+    ):
+        studio.validate(config)
+    config["rewards"] = {
+        "weights": {"partial": 1.0},
+        "monitor": ["aesthetic"],
+        "models": {"aesthetic": {"path": str(tmp_path)}},
+    }
+    with pytest.raises(ConfigError, match=rf"rewards\.monitor\.aesthetic: {tmp_path} lacks clip/config.json"):
+        studio.submit(config)
+    assert studio.jobs.list_jobs() == []  # nothing stored for a refused job
+
+
+def test_monitored_rewards_are_scored_but_carry_no_weight():
+    rewards = build_rewards(["partial", "geneval", "jpeg_incompressibility"])
+    pictures = images(4, 5)
+    prompts = ["a red circle", "a red circle", "two blue squares", "two blue squares"]
+    trained = RewardMix(rewards, RewardMixConfig({"partial": 1.0}))
+    watched = RewardMix(rewards, RewardMixConfig({"partial": 1.0}, monitor=("jpeg_incompressibility", "geneval")))
+    scores = watched.score(pictures, prompts)
+    assert list(scores) == ["partial", "jpeg_incompressibility", "geneval"]
+    plain = trained.score(pictures, prompts)
+    assert torch.equal(watched.advantages(scores, 2), trained.advantages(plain, 2))
+    np.testing.assert_array_equal(watched.combined(scores), trained.combined(plain))
+
+
+def test_a_reward_models_section_is_checked_by_field():
+    with pytest.raises(ValueError, match=r"rewards\.models\.pickscore\.dtype: must be one of auto, float32, bfloat16"):
+        RewardMixConfig({"partial": 1.0}, models={"pickscore": {"dtype": "half"}})
+    config = RewardMixConfig({"partial": 1.0}, models={"pickscore": {"batch_size": 4, "device": "cpu"}})
+    assert config.model_config("pickscore") == RewardModelConfig(batch_size=4, device="cpu")
