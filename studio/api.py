@@ -73,7 +73,7 @@ class RewardInfo:
     description: str
     weights: str  # what its weights are ("" when it needs none)
     path: str  # where they are looked for by default
-    ready: bool  # needs no weights, or finds them
+    problem: str  # what is missing to build it ("" when nothing is)
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Studio:
         for name, spec in reward_specs().items():
             problem = spec.missing(RewardModelConfig(), self.data_dir.models)
             path = spec.weights_path(RewardModelConfig(), self.data_dir.models)
-            rows.append(RewardInfo(name, spec.description, spec.weights, str(path or ""), not problem))
+            rows.append(RewardInfo(name, spec.description, spec.weights, str(path or ""), problem))
         return rows
 
     def latest_preference_versions(self, config: dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -122,10 +122,10 @@ def test_listing_loads_nothing_and_missing_weights_are_refused_by_path(tmp_path,
     studio = Studio(DataDir(tmp_path / "home"))
     table = {row.name: row for row in studio.reward_table()}
     assert set(reward_specs()) <= set(table) and "pickscore" in studio.rewards()
-    assert not table["pickscore"].ready and table["pickscore"].path == str(
+    assert "does not exist" in table["pickscore"].problem and table["pickscore"].path == str(
         studio.data_dir.models / "rewards" / "pickscore"
     )
-    assert table["geneval"].ready and table["geneval"].weights == ""
+    assert table["geneval"].problem == "" and table["geneval"].weights == ""
     config = studio.preset_config()
     config["rewards"] = {"weights": {"partial": 1.0, "pickscore": 0.5}}
     with pytest.raises(
@@ -160,3 +160,16 @@ def test_a_reward_models_section_is_checked_by_field():
         RewardMixConfig({"partial": 1.0}, models={"pickscore": {"dtype": "half"}})
     config = RewardMixConfig({"partial": 1.0}, models={"pickscore": {"batch_size": 4, "device": "cpu"}})
     assert config.model_config("pickscore") == RewardModelConfig(batch_size=4, device="cpu")
+
+
+def test_a_training_iteration_logs_every_reward_and_its_scoring_time(tiny_config):
+    from trainer_core.adapters import load_adapter
+    from trainer_core.trainer import VGRPOTrainer
+
+    config = tiny_config(rewards=RewardMixConfig({"jpeg_incompressibility": 1.0}, monitor=("partial",)))
+    rewards = RewardMix(build_rewards(config.rewards.scored), config.rewards)
+    metrics = VGRPOTrainer(load_adapter(config.model.name, "cpu"), rewards, config).step()
+    assert {"reward_jpeg_incompressibility", "reward_partial"} <= set(metrics)
+    assert metrics["reward_mean"] == pytest.approx(metrics["reward_jpeg_incompressibility"])  # partial: no weight
+    assert metrics["score_s_partial"] > 0 and metrics["score_s_jpeg_incompressibility"] > 0
+    assert metrics["score_s_partial"] + metrics["score_s_jpeg_incompressibility"] <= metrics["reward_s"]

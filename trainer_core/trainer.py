@@ -284,6 +284,7 @@ class GroupTrainer(ABC):
             "reward_mean": float(combined.mean()),
             "reward_std": float(combined.std()),
             **{f"reward_{name}": float(values.mean()) for name, values in rolled_out_scores.items()},
+            **{f"score_s_{name}": seconds for name, seconds in self.rewards.seconds.items()},
             "tied_groups": float((spread < TIE_SPREAD).mean()),
             "trained_groups": len(generation.prompts) // group_size,
             **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},

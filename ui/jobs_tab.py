@@ -13,6 +13,8 @@ from studio.api import JobError, JobView, Studio
 
 POLL_S = 2.0
 TRAINING_CURVES = ("loss", "ratio_mean", "clip_fraction", "kl", "surrogate_cv_within_group")
+#: an iteration's time split; `score_s_NAME` (each reward's scoring) is added for the rewards a job has
+TIME_CURVES = ("rollout_s", "reward_s", "old_pass_s", "train_s")
 COLUMNS = ["id", "status", "progress", "eta", "reward now", "algorithm", "created"]
 
 
@@ -56,6 +58,9 @@ def build(studio: Studio, train_form: Any) -> None:
                 x="iteration", y="score", color="series", label="Rewards", elem_id="jobs-rewards", height=260
             )
             training_plot = gr.LinePlot(x="iteration", y="score", color="series", label="Training", height=260)
+            time_plot = gr.LinePlot(
+                x="iteration", y="score", color="series", label="Seconds per iteration", elem_id="jobs-time", height=260
+            )
     log = gr.Textbox(label="Log tail", lines=8, max_lines=8, interactive=False, elem_id="jobs-log")
     timer = gr.Timer(POLL_S)
 
@@ -72,11 +77,11 @@ def build(studio: Studio, train_form: Any) -> None:
         chosen = selected(value, views)
         if chosen is None:
             empty = "<i>No jobs yet: start one in Train.</i>"
-            return rows, empty, None, gr.update(maximum=1, value=0), None, None, "", ""
+            return rows, empty, None, gr.update(maximum=1, value=0), None, None, None, "", ""
         try:
             detail = studio.job_detail(chosen)
         except JobError as error:
-            return rows, html.escape(str(error)), None, gr.update(), None, None, "", ""
+            return rows, html.escape(str(error)), None, gr.update(), None, None, None, "", ""
         view = detail.view
         error = f"<br><small>{html.escape(view.error.strip().splitlines()[-1])}</small>" if view.error else ""
         progress = f"iteration {view.iteration}/{view.total_iterations}"
@@ -87,7 +92,8 @@ def build(studio: Studio, train_form: Any) -> None:
         image = grids[index][1] if grids else None
         signature = f"{chosen}:{view.iteration}:{len(grids)}:{index}"
         if signature == shown:
-            return rows, info, gr.update(), gr.update(), gr.update(), gr.update(), detail.log_tail, shown
+            unchanged = gr.update()
+            return rows, info, unchanged, unchanged, unchanged, unchanged, unchanged, detail.log_tail, shown
         metrics = studio.job_metrics(chosen)
         return (
             rows,
@@ -100,12 +106,13 @@ def build(studio: Studio, train_form: Any) -> None:
             ),
             _curves(metrics, studio.reward_series(chosen)),
             _curves(metrics, list(TRAINING_CURVES)),
+            _curves(metrics, [*TIME_CURVES, *sorted(k for k in metrics if k.startswith("score_s_"))]),
             detail.log_tail,
             signature,
         )
 
     shown = gr.State("")  # what the grid and curves show now: job, iteration, grids, grid index
-    outputs = [table, summary, grid, grid_step, rewards_plot, training_plot, log, shown]
+    outputs = [table, summary, grid, grid_step, rewards_plot, training_plot, time_plot, log, shown]
     timer.tick(refresh, [job_id, grid_step, follow, shown], outputs, show_progress="hidden")
     job_id.change(lambda v, s: refresh(v, s, True, ""), [job_id, grid_step], outputs)
 

@@ -72,6 +72,7 @@ class TrainForm:
     weights: dict[str, gr.Number]  # one per built-in reward
     preference: gr.Dropdown  # a fitted preference reward (pref:NAME), or NO_PREFERENCE
     preference_weight: gr.Number
+    monitor: gr.Dropdown  # rewards scored and drawn but not trained on
     aggregation: gr.Radio
     base: gr.State  # the config the form edits (sections the form does not show come from it)
     status: gr.HTML | None = None  # where errors and "job queued" appear
@@ -86,6 +87,7 @@ class TrainForm:
             *self.weights.values(),
             self.preference,
             self.preference_weight,
+            self.monitor,
             self.aggregation,
             self.base,
         ]
@@ -101,6 +103,7 @@ class TrainForm:
             *(weights.get(name, 0.0) for name in rewards),
             preference or NO_PREFERENCE,
             weights.get(preference, 0.0) if preference else 0.0,
+            list(config["rewards"].get("monitor", [])),
             config["rewards"]["aggregation"],
             config,
         ]
@@ -110,7 +113,7 @@ class TrainForm:
         model, *rest = values
         field_values = rest[: len(FIELDS)]
         weight_values = rest[len(FIELDS) : len(FIELDS) + len(rewards)]
-        preference, preference_weight, aggregation, base = rest[len(FIELDS) + len(rewards) :]
+        preference, preference_weight, monitor, aggregation, base = rest[len(FIELDS) + len(rewards) :]
         config = copy.deepcopy(base)
         _set(config, "model.name", (model or "").strip())
         for (path, (_, kind)), value in zip(FIELDS.items(), field_values, strict=True):
@@ -118,8 +121,27 @@ class TrainForm:
         chosen = {name: float(w or 0) for name, w in zip(rewards, weight_values, strict=True) if w}
         if preference and preference != NO_PREFERENCE and preference_weight:
             chosen[preference] = float(preference_weight)
-        config["rewards"] = {"weights": chosen or dict.fromkeys(rewards[:1], 0.0), "aggregation": aggregation}
+        config["rewards"] = {
+            **{k: v for k, v in base.get("rewards", {}).items() if k == "models"},  # per-reward paths, from YAML
+            "weights": chosen or dict.fromkeys(rewards[:1], 0.0),
+            "aggregation": aggregation,
+            "monitor": [name for name in monitor or [] if name not in chosen],
+        }
         return config
+
+
+def reward_table(studio: Studio) -> str:
+    """Each reward: what it measures, where its weights come from and whether they are there."""
+    lines = ["| reward | what it measures | weights |", "|---|---|---|"]
+    for row in studio.reward_table():
+        if row.problem:
+            where = f"✗ {row.problem}"
+        elif row.weights:
+            where = f"✓ `{row.path}`: {row.weights}"
+        else:
+            where = "none needed"
+        lines.append(f"| `{row.name}` | {row.description} | {where} |")
+    return "\n".join(lines)
 
 
 def _format(value: Any) -> Any:
@@ -189,13 +211,23 @@ def build(studio: Studio) -> TrainForm:
             )
             preference_weight = gr.Number(0.0, label="its weight", elem_id="weight-preference", min_width=120)
         preference_card = gr.Markdown(elem_id="train-preference-card")
+        monitor = gr.Dropdown(
+            rewards,
+            value=list(config["rewards"].get("monitor", [])),
+            multiselect=True,
+            label="Monitor (scored and drawn, not trained on)",
+            info=help_text.get("rewards.monitor", ""),
+            elem_id="train-monitor",
+        )
+        with gr.Accordion("The rewards", open=False):
+            gr.Markdown(reward_table(studio), elem_id="train-reward-table")
         aggregation = gr.Radio(
             ["sum_then_normalize", "normalize_then_sum"],
             value=config["rewards"]["aggregation"],
             label="Aggregation",
             info=help_text.get("rewards.aggregation", ""),
         )
-    form = TrainForm(model, fields, weights, preference, preference_weight, aggregation, gr.State(config))
+    form = TrainForm(model, fields, weights, preference, preference_weight, monitor, aggregation, gr.State(config))
     with gr.Accordion("Config as YAML", open=False):
         yaml_box = gr.Code(language="yaml", label="config.yaml", interactive=True, elem_id="train-yaml")
         with gr.Row():

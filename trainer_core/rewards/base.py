@@ -10,6 +10,7 @@ mix combines several with weights, in one of two ways:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -163,11 +164,17 @@ class RewardMix:
         self.rewards = {name: rewards[name] for name in config.weights}
         self.monitored = {name: rewards[name] for name in config.monitor}
         self.config = config
+        self.seconds: dict[str, float] = {}
 
     def score(self, images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-        """Scores [B] per reward, trained-on and monitored (oriented so higher is better)."""
-        scored = {**self.rewards, **self.monitored}
-        return {name: score_checked(reward, images, prompts) for name, reward in scored.items()}
+        """Scores [B] per reward, trained-on and monitored (oriented so higher is better); the seconds each
+        took are left in `seconds` (what the job's time split shows per reward)."""
+        scores = {}
+        for name, reward in {**self.rewards, **self.monitored}.items():
+            started = time.perf_counter()
+            scores[name] = score_checked(reward, images, prompts)
+            self.seconds[name] = time.perf_counter() - started
+        return scores
 
     def combined(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The weighted sum of rewards [B] (what `reward_mean` reports)."""
