@@ -164,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--device", default="auto")
     throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
 
+    reward_bench = benches.add_parser("rewards", help="seconds per image of each reward's scoring")
+    reward_bench.add_argument("--names", help="comma-separated rewards (default: every reward that can load)")
+    reward_bench.add_argument("--models-dir", type=Path, help="where rewards/NAME are (default: the data directory's)")
+    reward_bench.add_argument("--random-weights", action="store_true", help="real-size CLIPs with random weights")
+    reward_bench.add_argument("--images", type=int, default=16, help="images per batch (16)")
+    reward_bench.add_argument("--resolution", type=int, default=512, help="image side (512)")
+    reward_bench.add_argument("--device", default="auto")
+    _storage_args(reward_bench)
+    reward_bench.add_argument("--out", type=Path, default=Path("bench/results/rewards.json"))
+
     preference = benches.add_parser(
         "preference",
         help="simulated tastes: reward accuracy vs labels (random, uncertain first, closest to even), then training",
@@ -352,6 +362,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "speed": bench_speed,
         "ablation": bench_ablation,
         "throughput": bench_throughput,
+        "rewards": bench_rewards,
         "preference": bench_preference,
     }
     benches[args.bench](args)
@@ -422,6 +433,29 @@ def bench_ablation(args: argparse.Namespace) -> None:
     write_ablation_report(report, args.out)
     print(format_rows(report["results"], ABLATION_COLUMNS))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+def bench_rewards(args: argparse.Namespace) -> None:
+    from storage.data_dir import DataDir
+    from studio.bench import format_rows, write_report
+    from studio.bench.rewards import reward_benchmark
+    from trainer_core.rewards.base import RewardModelConfig
+    from trainer_core.rewards.registry import reward_specs
+
+    models_dir = args.models_dir or DataDir(args.data_dir).models
+    if args.names:
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+    elif args.random_weights:
+        names = list(reward_specs())
+    else:  # every reward that can load here
+        names = [n for n, spec in reward_specs().items() if not spec.missing(RewardModelConfig(), models_dir)]
+    report = reward_benchmark(
+        names, models_dir, args.images, args.resolution, device=args.device, random_weights=args.random_weights
+    )
+    write_report(report, args.out)
+    print(f"reward scoring on {report['device']}, {args.images} images of {args.resolution} px per batch")
+    print(format_rows(report["results"], ["reward", "ms_per_image"]))  # type: ignore[arg-type]
+    print(f"wrote {args.out}")
 
 
 def bench_throughput(args: argparse.Namespace) -> None:

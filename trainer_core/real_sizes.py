@@ -239,3 +239,34 @@ def random_pipeline(
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+#: the CLIP models the learned rewards use, as transformers `CLIPConfig`s: ViT-L/14 (CLIPScore, the
+#: aesthetic predictor) and ViT-H/14 (PickScore, HPSv2)
+REAL_CLIPS: dict[str, dict[str, object]] = {
+    "vit-l-14": {
+        "text_config": {**{k: CLIP_L[k] for k in ("vocab_size", "hidden_size", "intermediate_size")},
+                        "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+        "projection_dim": 768,
+    },
+    "vit-h-14": {
+        "text_config": {"vocab_size": 49408, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                        "num_attention_heads": 16, "max_position_embeddings": 77, "hidden_act": "gelu"},
+        "vision_config": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                          "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "hidden_act": "gelu"},
+        "projection_dim": 1024,
+    },
+}  # fmt: skip
+
+
+def save_random_clip(name: str, folder: Path) -> Path:
+    """A real-size CLIP (`REAL_CLIPS`) with random weights saved as a transformers directory: model, the
+    OpenAI CLIP image processor (224 px) and a letters-only tokenizer."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    CLIPModel(CLIPConfig(**REAL_CLIPS[name])).eval().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
+    synthetic_clip_tokenizer(folder, 77).save_pretrained(folder)
+    return folder

@@ -17,7 +17,7 @@ from trainer_core.rewards.registry import RewardSpec
 def _build(config: RewardModelConfig, path: Path | None, shared: dict[str, Any]) -> Reward:
     assert path is not None
     clip = shared_clip(path, config, shared)
-    return ClipSimilarity("pickscore", clip, lambda model: float(model.model.logit_scale.exp()))
+    return ClipSimilarity("pickscore", clip, lambda model: model.model.logit_scale.detach().exp().item())
 
 
 REWARDS = (
