@@ -173,3 +173,14 @@ def test_a_training_iteration_logs_every_reward_and_its_scoring_time(tiny_config
     assert metrics["reward_mean"] == pytest.approx(metrics["reward_jpeg_incompressibility"])  # partial: no weight
     assert metrics["score_s_partial"] > 0 and metrics["score_s_jpeg_incompressibility"] > 0
     assert metrics["score_s_partial"] + metrics["score_s_jpeg_incompressibility"] <= metrics["reward_s"]
+
+
+def test_the_reward_benchmark_times_each_reward_as_a_job_builds_it(models):
+    from studio.bench.rewards import reward_benchmark
+
+    names = ["partial", "clip_score", *(["ocr"] if shutil.which("tesseract") else [])]
+    report = reward_benchmark(names, models, images=2, resolution=32, batches=1)
+    assert [row["reward"] for row in report["results"]] == names
+    assert all(row["ms_per_image"] > 0 for row in report["results"])
+    with pytest.raises(ValueError, match="--names: unknown 'hps'"):
+        reward_benchmark(["hps"], models)
