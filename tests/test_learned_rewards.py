@@ -184,3 +184,115 @@ def test_the_reward_benchmark_times_each_reward_as_a_job_builds_it(models):
     assert all(row["ms_per_image"] > 0 for row in report["results"])
     with pytest.raises(ValueError, match="--names: unknown 'hps'"):
         reward_benchmark(["hps"], models)
+
+
+WIDTH, LAYERS, PATCH, SIDE, CONTEXT, VOCAB, PROJECTION = 32, 2, 8, 32, 8, 60, 16
+
+
+def open_clip_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny random state dict with OpenCLIP's ViT names and shapes (16 heads, as ViT-H-14 has)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    state = {
+        "token_embedding.weight": rand(VOCAB, WIDTH),
+        "positional_embedding": rand(CONTEXT, WIDTH),
+        "ln_final.weight": 1 + rand(WIDTH),
+        "ln_final.bias": rand(WIDTH),
+        "text_projection": rand(WIDTH, PROJECTION),
+        "logit_scale": torch.tensor(4.6),
+        "visual.conv1.weight": rand(WIDTH, 3, PATCH, PATCH),
+        "visual.class_embedding": rand(WIDTH),
+        "visual.positional_embedding": rand((SIDE // PATCH) ** 2 + 1, WIDTH),
+        "visual.ln_pre.weight": 1 + rand(WIDTH),
+        "visual.ln_pre.bias": rand(WIDTH),
+        "visual.ln_post.weight": 1 + rand(WIDTH),
+        "visual.ln_post.bias": rand(WIDTH),
+        "visual.proj": rand(WIDTH, PROJECTION),
+    }
+    for tower in ("transformer", "visual.transformer"):
+        for i in range(LAYERS):
+            block = f"{tower}.resblocks.{i}"
+            state |= {f"{block}.ln_1.weight": 1 + rand(WIDTH), f"{block}.ln_1.bias": rand(WIDTH)}
+            state |= {f"{block}.ln_2.weight": 1 + rand(WIDTH), f"{block}.ln_2.bias": rand(WIDTH)}
+            state |= {
+                f"{block}.attn.in_proj_weight": rand(3 * WIDTH, WIDTH),
+                f"{block}.attn.in_proj_bias": rand(3 * WIDTH),
+            }
+            state |= {f"{block}.attn.out_proj.weight": rand(WIDTH, WIDTH), f"{block}.attn.out_proj.bias": rand(WIDTH)}
+            state |= {f"{block}.mlp.c_fc.weight": rand(4 * WIDTH, WIDTH), f"{block}.mlp.c_fc.bias": rand(4 * WIDTH)}
+            state |= {f"{block}.mlp.c_proj.weight": rand(WIDTH, 4 * WIDTH), f"{block}.mlp.c_proj.bias": rand(WIDTH)}
+    return state
+
+
+def open_clip_forward(state, tower: str, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    """OpenCLIP's residual attention blocks, written here from its architecture with PyTorch's own
+    multi-head attention on the fused in_proj weights (not transformers' CLIP)."""
+    import torch.nn.functional as F
+
+    mask = torch.full((x.shape[1], x.shape[1]), float("-inf")).triu(1) if causal else None
+    for i in range(LAYERS):
+        p = {
+            k.removeprefix(f"{tower}.resblocks.{i}."): v
+            for k, v in state.items()
+            if k.startswith(f"{tower}.resblocks.{i}.")
+        }
+        h = F.layer_norm(x, (WIDTH,), p["ln_1.weight"], p["ln_1.bias"]).transpose(0, 1)
+        attended, _ = F.multi_head_attention_forward(
+            h, h, h, WIDTH, 16, p["attn.in_proj_weight"], p["attn.in_proj_bias"], None, None, False, 0.0,
+            p["attn.out_proj.weight"], p["attn.out_proj.bias"], training=False, need_weights=False, attn_mask=mask,
+        )  # fmt: skip
+        x = x + attended.transpose(0, 1)
+        h = F.layer_norm(x, (WIDTH,), p["ln_2.weight"], p["ln_2.bias"])
+        x = x + F.linear(
+            F.gelu(F.linear(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"])), p["mlp.c_proj.weight"], p["mlp.c_proj.bias"]
+        )
+    return x
+
+
+def test_hpsv2_is_the_cosine_of_the_open_clip_model_it_was_converted_from(tmp_path):
+    import torch.nn.functional as F
+    from transformers import CLIPImageProcessor
+
+    from trainer_core.real_sizes import synthetic_clip_tokenizer
+    from trainer_core.rewards.hpsv2 import CHECKPOINT
+
+    folder = tmp_path / "rewards" / "hpsv2"
+    folder.mkdir(parents=True)
+    state = open_clip_state()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, folder / CHECKPOINT)  # as published
+    tokenizer = synthetic_clip_tokenizer(folder / "tokenizer", CONTEXT)
+    reward = build_rewards(["hpsv2"], models_dir=tmp_path)["hpsv2"]
+
+    pictures, prompts = images(3, 7), ["a red circle", "two blue squares", "abc"]
+    side = {"shortest_edge": SIDE}
+    pixels = CLIPImageProcessor(size=side, crop_size={"height": SIDE, "width": SIDE})(
+        images=list(pictures), return_tensors="pt"
+    )["pixel_values"]
+    patches = F.conv2d(pixels, state["visual.conv1.weight"], stride=PATCH).flatten(2).transpose(1, 2)
+    x = (
+        torch.cat([state["visual.class_embedding"].expand(3, 1, WIDTH), patches], 1)
+        + state["visual.positional_embedding"]
+    )
+    x = open_clip_forward(
+        state,
+        "visual.transformer",
+        F.layer_norm(x, (WIDTH,), state["visual.ln_pre.weight"], state["visual.ln_pre.bias"]),
+        causal=False,
+    )
+    image = (
+        F.layer_norm(x[:, 0], (WIDTH,), state["visual.ln_post.weight"], state["visual.ln_post.bias"])
+        @ state["visual.proj"]
+    )
+    tokens = tokenizer(prompts, padding="max_length", max_length=CONTEXT, truncation=True, return_tensors="pt")[
+        "input_ids"
+    ]
+    t = open_clip_forward(
+        state, "transformer", state["token_embedding.weight"][tokens] + state["positional_embedding"], causal=True
+    )
+    t = F.layer_norm(t, (WIDTH,), state["ln_final.weight"], state["ln_final.bias"])
+    text = t[torch.arange(3), tokens.argmax(-1)] @ state["text_projection"]  # OpenCLIP pools at the highest token id
+    expected = (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
+    np.testing.assert_allclose(reward.score(pictures, prompts), expected.numpy(), atol=1e-5)

@@ -47,12 +47,38 @@ class ClipFeatures(ImageFeatures):
                 "config.json, its image processor and tokenizer; nothing is downloaded)"
             )
         self.spec = f"clip:{directory.resolve()}"
+        self._use(
+            CLIPModel.from_pretrained(directory, local_files_only=True, dtype=dtype),
+            AutoImageProcessor.from_pretrained(directory, local_files_only=True),
+            AutoTokenizer.from_pretrained(directory, local_files_only=True),
+            device,
+            batch_size,
+            pixel_cache,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        spec: str,
+        model: torch.nn.Module,
+        processor: object,
+        tokenizer: object,
+        device: str | None = None,
+        batch_size: int = 32,
+        pixel_cache: dict[object, torch.Tensor] | None = None,
+    ) -> ClipFeatures:
+        """A CLIP built in memory (a checkpoint converted from another format), used like a loaded one."""
+        features = cls.__new__(cls)
+        features.spec = spec
+        features._use(model, processor, tokenizer, device, batch_size, pixel_cache)
+        return features
+
+    def _use(self, model, processor, tokenizer, device, batch_size, pixel_cache) -> None:  # type: ignore[no-untyped-def]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
-        self.model = CLIPModel.from_pretrained(directory, local_files_only=True, dtype=dtype).to(self.device).eval()
+        self.model = model.to(self.device).eval()
         self.pixel_cache = pixel_cache
-        self.processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self.processor, self.tokenizer = processor, tokenizer
         self.max_tokens = int(self.model.config.text_config.max_position_embeddings)
 
     @torch.no_grad()
