@@ -39,7 +39,9 @@ class SD3Adapter(DenoiserAdapter):
         self._latent_side = sample_size if resolution is None else resolution // pipe.vae_scale_factor
 
     @classmethod
-    def from_pretrained(cls, path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> SD3Adapter:
+    def from_pretrained(
+        cls, path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", resolution: int | None = None
+    ) -> SD3Adapter:
         from diffusers import StableDiffusion3Pipeline
 
         # Optional parts (T5, IP-adapter) may be absent from the directory: load them as None.
@@ -51,7 +53,7 @@ class SD3Adapter(DenoiserAdapter):
         }
         pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **absent)
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device))
+        return cls(pipe.to(device), resolution)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -83,9 +85,7 @@ class SD3Adapter(DenoiserAdapter):
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> SD3Adapter:
-    dtype = weight_dtype(device)
-    adapter = SD3Adapter.from_pretrained(path, dtype=dtype, device=str(device))
-    return adapter if resolution is None else SD3Adapter(adapter.pipe, resolution)
+    return SD3Adapter.from_pretrained(path, weight_dtype(device), str(device), resolution)
 
 
 #: a joint block of Stability's MMDiT, by the names of its weights, and the diffusers modules in each
