@@ -174,6 +174,7 @@ def real_size_run(
     random weights: the family's LoRA targets, rollout defaults and memory options, the paper's LoRA
     (rank 32, alpha 64), N_MC 2 and one gradient step, JPEG incompressibility as the reward."""
     from trainer_core.adapters import resolve_device
+    from trainer_core.adapters.base import weight_dtype
     from trainer_core.config import from_dict, load_preset, to_dict
     from trainer_core.real_sizes import REAL_DENOISERS, random_pipeline
 
@@ -195,8 +196,7 @@ def real_size_run(
     data["rewards"] = {"weights": {"jpeg_incompressibility": 1.0}}
     data["logging"].update(sample_every=0, checkpoint_every=1)
     config = from_dict(TrainConfig, data)
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
-    adapter = family.adapter(random_pipeline(name, target, dtype, t5=t5), resolution)
+    adapter = family.adapter(random_pipeline(name, target, weight_dtype(target), t5=t5), resolution)
     adapter.denoiser.requires_grad_(False)
     adapter.configure_memory(memory_options(config.model, family))
     return config, adapter

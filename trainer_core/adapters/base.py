@@ -17,11 +17,13 @@ decoder, which `MemoryOptions.offload` keeps off the GPU between uses.
 from __future__ import annotations
 
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +90,21 @@ class MemoryOptions:
 def weight_dtype(device: torch.device) -> torch.dtype:
     """What a family's frozen weights are loaded in: bf16 on a GPU, fp32 on a CPU (LoRA trains in fp32)."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_pipeline(pipeline: str, path: Path, device: torch.device, optional: tuple[str, ...] = (), **fixed: Any):
+    """The diffusers `pipeline` in the local directory `path`, in the device's weight dtype, progress bars off.
+
+    `optional` components that the directory leaves out (T5, an IP-adapter's image encoder) load as None;
+    `fixed` components are set as given (SD1.5's safety checker: none)."""
+    import diffusers
+
+    index = json.loads((Path(path) / "model_index.json").read_text())
+    absent = {name: None for name in optional if index.get(name) in (None, [None, None])}
+    cls = getattr(diffusers, pipeline)
+    pipe = cls.from_pretrained(path, dtype=weight_dtype(device), local_files_only=True, **absent, **fixed)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def vae_decode(vae: torch.nn.Module, latents: torch.Tensor) -> np.ndarray:

@@ -14,14 +14,13 @@ MLP's input) are one fused weight.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, vae_decode, weight_dtype
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, load_pipeline, vae_decode
 from trainer_core.adapters.family import (
     JOINT_ATTENTION,
     BlockLayout,
@@ -60,20 +59,6 @@ class FluxAdapter(DenoiserAdapter):
         low, high = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
         mu = low + (high - low) * (tokens - base) / (most - base)
         return math.exp(mu)  # exp(mu) / (exp(mu) + 1 / t - 1) is the SD3 shift by exp(mu)
-
-    @classmethod
-    def from_pretrained(cls, path: Path, dtype: torch.dtype, device: str, resolution: int | None) -> FluxAdapter:
-        from diffusers import FluxPipeline
-
-        index = json.loads((Path(path) / "model_index.json").read_text())
-        absent = {
-            name: None
-            for name in ("text_encoder_2", "tokenizer_2", "image_encoder", "feature_extractor")
-            if index.get(name) in (None, [None, None])
-        }
-        pipe = FluxPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **absent)
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), resolution)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -123,8 +108,8 @@ class FluxAdapter(DenoiserAdapter):
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> FluxAdapter:
-    dtype = weight_dtype(device)
-    return FluxAdapter.from_pretrained(path, dtype, str(device), resolution)
+    optional = ("text_encoder_2", "tokenizer_2", "image_encoder", "feature_extractor")
+    return FluxAdapter(load_pipeline("FluxPipeline", path, device, optional), resolution)
 
 
 #: BFL's double block, by the names of its weights, and the diffusers modules stacked in each

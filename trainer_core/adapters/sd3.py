@@ -9,13 +9,12 @@ which ComfyUI and AUTOMATIC1111 key their SD3 LoRAs by; there q, k and v are one
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, vae_decode, weight_dtype
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, load_pipeline, vae_decode
 from trainer_core.adapters.family import (
     JOINT_ATTENTION,
     BlockLayout,
@@ -37,23 +36,6 @@ class SD3Adapter(DenoiserAdapter):
             module.requires_grad_(False).eval()
         sample_size = int(pipe.transformer.config.sample_size)
         self._latent_side = sample_size if resolution is None else resolution // pipe.vae_scale_factor
-
-    @classmethod
-    def from_pretrained(
-        cls, path: Path, dtype: torch.dtype = torch.float32, device: str = "cpu", resolution: int | None = None
-    ) -> SD3Adapter:
-        from diffusers import StableDiffusion3Pipeline
-
-        # Optional parts (T5, IP-adapter) may be absent from the directory: load them as None.
-        index = json.loads((Path(path) / "model_index.json").read_text())
-        absent = {
-            name: None
-            for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
-            if index.get(name) in (None, [None, None])
-        }
-        pipe = StableDiffusion3Pipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **absent)
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), resolution)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -85,7 +67,8 @@ class SD3Adapter(DenoiserAdapter):
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> SD3Adapter:
-    return SD3Adapter.from_pretrained(path, weight_dtype(device), str(device), resolution)
+    optional = ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
+    return SD3Adapter(load_pipeline("StableDiffusion3Pipeline", path, device, optional), resolution)
 
 
 #: a joint block of Stability's MMDiT, by the names of its weights, and the diffusers modules in each

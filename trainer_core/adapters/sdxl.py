@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from trainer_core.adapters.base import MemoryOptions, PromptEmbeddings, weight_dtype
+from trainer_core.adapters.base import MemoryOptions, PromptEmbeddings, load_pipeline
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 from trainer_core.adapters.stable_diffusion import UNET_ATTENTION, StableDiffusionAdapter
 
@@ -15,14 +15,6 @@ from trainer_core.adapters.stable_diffusion import UNET_ATTENTION, StableDiffusi
 class StableDiffusionXLAdapter(StableDiffusionAdapter):
     def text_encoders(self) -> list[torch.nn.Module]:
         return [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]
-
-    @classmethod
-    def from_pretrained(cls, path: Path, dtype: torch.dtype, device: str, resolution: int | None):
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), resolution)
 
     def _encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
         states, _, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device, do_classifier_free_guidance=False)
@@ -47,8 +39,7 @@ class StableDiffusionXLAdapter(StableDiffusionAdapter):
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> StableDiffusionXLAdapter:
-    dtype = weight_dtype(device)
-    return StableDiffusionXLAdapter.from_pretrained(path, dtype, str(device), resolution)
+    return StableDiffusionXLAdapter(load_pipeline("StableDiffusionXLPipeline", path, device), resolution)
 
 
 FAMILY = ModelFamily(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, vae_decode, weight_dtype
+from trainer_core.adapters.base import DenoiserAdapter, MemoryOptions, PromptEmbeddings, load_pipeline, vae_decode
 from trainer_core.adapters.family import ModelFamily, RolloutDefaults, kohya_unet_target
 
 
@@ -73,16 +73,6 @@ class StableDiffusionAdapter(DenoiserAdapter):
     def image_decoders(self) -> list[torch.nn.Module]:
         return [self.pipe.vae]
 
-    @classmethod
-    def from_pretrained(cls, path: Path, dtype: torch.dtype, device: str, resolution: int | None):
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return cls(pipe.to(device), resolution)
-
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return (int(self.denoiser.config.in_channels), self._latent_side, self._latent_side)
@@ -113,8 +103,8 @@ class StableDiffusionAdapter(DenoiserAdapter):
 
 
 def _load(path: Path, device: torch.device, resolution: int | None) -> StableDiffusionAdapter:
-    dtype = weight_dtype(device)
-    return StableDiffusionAdapter.from_pretrained(path, dtype, str(device), resolution)
+    pipe = load_pipeline("StableDiffusionPipeline", path, device, safety_checker=None, requires_safety_checker=False)
+    return StableDiffusionAdapter(pipe, resolution)
 
 
 #: the UNet's attention projections, as DDPO and most SD LoRAs adapt them
