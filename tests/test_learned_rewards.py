@@ -191,40 +191,17 @@ WIDTH, LAYERS, PATCH, SIDE, CONTEXT, VOCAB, PROJECTION = 32, 2, 8, 32, 8, 60, 16
 
 def open_clip_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """A tiny random state dict with OpenCLIP's ViT names and shapes (16 heads, as ViT-H-14 has)."""
-    generator = torch.Generator().manual_seed(seed)
+    from trainer_core.real_sizes import random_open_clip_state
 
-    def rand(*shape: int, scale: float = 0.2) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * scale
-
-    state = {
-        "token_embedding.weight": rand(VOCAB, WIDTH),
-        "positional_embedding": rand(CONTEXT, WIDTH),
-        "ln_final.weight": 1 + rand(WIDTH),
-        "ln_final.bias": rand(WIDTH),
-        "text_projection": rand(WIDTH, PROJECTION),
-        "logit_scale": torch.tensor(4.6),
-        "visual.conv1.weight": rand(WIDTH, 3, PATCH, PATCH),
-        "visual.class_embedding": rand(WIDTH),
-        "visual.positional_embedding": rand((SIDE // PATCH) ** 2 + 1, WIDTH),
-        "visual.ln_pre.weight": 1 + rand(WIDTH),
-        "visual.ln_pre.bias": rand(WIDTH),
-        "visual.ln_post.weight": 1 + rand(WIDTH),
-        "visual.ln_post.bias": rand(WIDTH),
-        "visual.proj": rand(WIDTH, PROJECTION),
-    }
-    for tower in ("transformer", "visual.transformer"):
-        for i in range(LAYERS):
-            block = f"{tower}.resblocks.{i}"
-            state |= {f"{block}.ln_1.weight": 1 + rand(WIDTH), f"{block}.ln_1.bias": rand(WIDTH)}
-            state |= {f"{block}.ln_2.weight": 1 + rand(WIDTH), f"{block}.ln_2.bias": rand(WIDTH)}
-            state |= {
-                f"{block}.attn.in_proj_weight": rand(3 * WIDTH, WIDTH),
-                f"{block}.attn.in_proj_bias": rand(3 * WIDTH),
-            }
-            state |= {f"{block}.attn.out_proj.weight": rand(WIDTH, WIDTH), f"{block}.attn.out_proj.bias": rand(WIDTH)}
-            state |= {f"{block}.mlp.c_fc.weight": rand(4 * WIDTH, WIDTH), f"{block}.mlp.c_fc.bias": rand(4 * WIDTH)}
-            state |= {f"{block}.mlp.c_proj.weight": rand(WIDTH, 4 * WIDTH), f"{block}.mlp.c_proj.bias": rand(WIDTH)}
-    return state
+    tower = {"hidden_size": WIDTH, "intermediate_size": 4 * WIDTH, "num_hidden_layers": LAYERS}
+    return random_open_clip_state(
+        {
+            "text_config": {**tower, "vocab_size": VOCAB, "max_position_embeddings": CONTEXT},
+            "vision_config": {**tower, "patch_size": PATCH, "image_size": SIDE},
+            "projection_dim": PROJECTION,
+        },
+        seed,
+    )
 
 
 def open_clip_forward(state, tower: str, x: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -296,3 +273,92 @@ def test_hpsv2_is_the_cosine_of_the_open_clip_model_it_was_converted_from(tmp_pa
     text = t[torch.arange(3), tokens.argmax(-1)] @ state["text_projection"]  # OpenCLIP pools at the highest token id
     expected = (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
     np.testing.assert_allclose(reward.score(pictures, prompts), expected.numpy(), atol=1e-5)
+
+
+TINY_VIT = {"width": 128, "layers": 2, "patch": 8, "image_size": 32, "intermediate": 256}  # two 64-wide heads
+TINY_MED = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "max_position_embeddings": 40, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0,
+            "vocab_size": 57, "encoder_width": 768, "add_cross_attention": True}  # fmt: skip
+
+
+def blip_reference_score(state, pixels, input_ids, attention_mask):
+    """ImageReward's score written here from BLIP's architecture (its ViT, `med.BertModel` with additive
+    -10000 masks, the MLP and the standardisation) on the checkpoint's own names, not transformers' BLIP."""
+    import torch.nn.functional as F
+
+    def p(prefix):
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+    def attend(q, k, v, heads, bias=None):
+        split = lambda x: x.unflatten(-1, (heads, -1)).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + (0 if bias is None else bias)
+        return (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
+
+    v, w = p("blip.visual_encoder."), TINY_VIT["width"]
+    x = F.conv2d(pixels, v["patch_embed.proj.weight"], v["patch_embed.proj.bias"], stride=TINY_VIT["patch"])
+    x = torch.cat([v["cls_token"].expand(len(x), 1, w), x.flatten(2).transpose(1, 2)], 1) + v["pos_embed"]
+    for i in range(TINY_VIT["layers"]):
+        b = {k.removeprefix(f"blocks.{i}."): t for k, t in v.items() if k.startswith(f"blocks.{i}.")}
+        h = F.layer_norm(x, (w,), b["norm1.weight"], b["norm1.bias"], eps=1e-6)
+        q, k, val = F.linear(h, b["attn.qkv.weight"], b["attn.qkv.bias"]).chunk(3, -1)
+        x = x + F.linear(attend(q, k, val, w // 64), b["attn.proj.weight"], b["attn.proj.bias"])
+        h = F.layer_norm(x, (w,), b["norm2.weight"], b["norm2.bias"], eps=1e-6)
+        inner = F.gelu(F.linear(h, b["mlp.fc1.weight"], b["mlp.fc1.bias"]))
+        x = x + F.linear(inner, b["mlp.fc2.weight"], b["mlp.fc2.bias"])
+    image = F.layer_norm(x, (w,), v["norm.weight"], v["norm.bias"], eps=1e-6)
+
+    t, d, heads = p("blip.text_encoder."), TINY_MED["hidden_size"], TINY_MED["num_attention_heads"]
+    ln = lambda x, name: F.layer_norm(x, (d,), t[f"{name}.weight"], t[f"{name}.bias"], eps=1e-12)  # noqa: E731
+    lin = lambda x, name: F.linear(x, t[f"{name}.weight"], t[f"{name}.bias"])  # noqa: E731
+    positions = t["embeddings.position_embeddings.weight"][: input_ids.shape[1]]
+    h = ln(t["embeddings.word_embeddings.weight"][input_ids] + positions, "embeddings.LayerNorm")
+    padding = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+    for i in range(TINY_MED["num_hidden_layers"]):
+        layer = f"encoder.layer.{i}"
+        for block, source, bias in (("attention", None, padding), ("crossattention", image, None)):
+            kv = h if source is None else source
+            s = f"{layer}.{block}.self"
+            context = attend(lin(h, f"{s}.query"), lin(kv, f"{s}.key"), lin(kv, f"{s}.value"), heads, bias)
+            h = ln(lin(context, f"{layer}.{block}.output.dense") + h, f"{layer}.{block}.output.LayerNorm")
+        inner = F.gelu(lin(h, f"{layer}.intermediate.dense"))
+        h = ln(lin(inner, f"{layer}.output.dense") + h, f"{layer}.output.LayerNorm")
+    out = h[:, 0]
+    for i in (0, 2, 4, 6, 7):
+        out = F.linear(out, state[f"mlp.layers.{i}.weight"], state[f"mlp.layers.{i}.bias"])
+    return (out.squeeze(-1) - 0.16717362830052426) / 1.0333394966054072
+
+
+def test_imagereward_is_blips_score_from_the_published_checkpoint(tmp_path):
+    from trainer_core.real_sizes import save_random_image_reward
+    from trainer_core.rewards.imagereward import CHECKPOINT
+
+    folder = save_random_image_reward(tmp_path / "rewards" / "imagereward", TINY_VIT, TINY_MED, seed=3)
+    reward = build_rewards(["imagereward"], models_dir=tmp_path)["imagereward"]
+    pictures = np.random.default_rng(5).integers(0, 255, (3, 40, 48, 3), dtype=np.uint8)
+    prompts = ["a red circle", "two blue squares left of a cat", "abc"]
+
+    # ImageReward's preprocessing, with PIL: bicubic resize of the short side to 32, centre crop, CLIP mean/std
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    resized = [np.asarray(Image.fromarray(p).resize((38, 32), Image.BICUBIC))[:, 3:35] for p in pictures]
+    pixels = ((torch.tensor(np.stack(resized)).float() / 255 - mean) / std).permute(0, 3, 1, 2)
+    tokens = AutoTokenizer.from_pretrained(folder / "tokenizer")(
+        prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt"
+    )
+    state = torch.load(folder / CHECKPOINT, weights_only=True)
+    expected = blip_reference_score(state, pixels, tokens["input_ids"], tokens["attention_mask"])
+    scores = reward.score(pictures, prompts)
+    np.testing.assert_allclose(scores, expected.numpy(), atol=1e-4)
+    assert np.ptp(scores) > 1e-3  # the images and prompts are told apart
+    # the prompt matters: the same images with each other's prompts score differently
+    assert not np.allclose(reward.score(pictures, prompts[::-1]), scores)
+
+
+def test_imagereward_refuses_a_checkpoint_that_is_not_its_own(tmp_path):
+    from trainer_core.real_sizes import save_random_image_reward
+    from trainer_core.rewards.imagereward import CHECKPOINT
+
+    folder = save_random_image_reward(tmp_path / "rewards" / "imagereward", TINY_VIT, TINY_MED)
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, folder / CHECKPOINT)  # an OpenCLIP file in its place
+    with pytest.raises(ValueError, match=r"ImageReward\.pt: no vision weights"):
+        build_rewards(["imagereward"], models_dir=tmp_path)

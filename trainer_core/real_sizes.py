@@ -9,6 +9,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -270,3 +271,125 @@ def save_random_clip(name: str, folder: Path) -> Path:
     CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(folder)
     synthetic_clip_tokenizer(folder, 77).save_pretrained(folder)
     return folder
+
+
+#: ImageReward's BLIP: ViT-L/16 at 224 px and BLIP's BERT-base `med_config.json`
+REAL_IMAGE_REWARD: dict[str, dict[str, Any]] = {
+    "vision": {"width": 1024, "layers": 24, "patch": 16, "image_size": 224, "intermediate": 4096},
+    "med_config": {"architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+                   "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02,
+                   "intermediate_size": 3072, "layer_norm_eps": 1e-12, "max_position_embeddings": 512,
+                   "model_type": "bert", "num_attention_heads": 12, "num_hidden_layers": 12, "pad_token_id": 0,
+                   "type_vocab_size": 2, "vocab_size": 30524, "encoder_width": 768, "add_cross_attention": True},
+}  # fmt: skip
+
+
+def random_image_reward_state(
+    vision: dict[str, int], med_config: dict[str, Any], seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random weights under the names and shapes of ImageReward's published state dict (`blip.visual_encoder`:
+    BLIP's ViT; `blip.text_encoder`: its BERT with cross-attention; `mlp.layers`; the unused projections)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.05) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    def norm(prefix: str, width: int) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": 1 + rand(width), f"{prefix}.bias": rand(width)}
+
+    def linear(prefix: str, out: int, into: int) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": rand(out, into, scale=into**-0.5), f"{prefix}.bias": rand(out)}
+
+    w, patch = vision["width"], vision["patch"]
+    v = "blip.visual_encoder"
+    state = {f"{v}.cls_token": rand(1, 1, w), f"{v}.pos_embed": rand(1, (vision["image_size"] // patch) ** 2 + 1, w)}
+    state |= {f"{v}.patch_embed.proj.weight": rand(w, 3, patch, patch), f"{v}.patch_embed.proj.bias": rand(w)}
+    for i in range(vision["layers"]):
+        b = f"{v}.blocks.{i}"
+        state |= norm(f"{b}.norm1", w) | linear(f"{b}.attn.qkv", 3 * w, w) | linear(f"{b}.attn.proj", w, w)
+        state |= norm(f"{b}.norm2", w) | linear(f"{b}.mlp.fc1", vision["intermediate"], w)
+        state |= linear(f"{b}.mlp.fc2", w, vision["intermediate"])
+    state |= norm(f"{v}.norm", w)
+    h, inner, t = med_config["hidden_size"], med_config["intermediate_size"], "blip.text_encoder"
+    state[f"{t}.embeddings.word_embeddings.weight"] = rand(med_config["vocab_size"], h)
+    state[f"{t}.embeddings.position_embeddings.weight"] = rand(med_config["max_position_embeddings"], h)
+    state[f"{t}.embeddings.position_ids"] = torch.arange(med_config["max_position_embeddings"])[None]
+    state |= norm(f"{t}.embeddings.LayerNorm", h)
+    for i in range(med_config["num_hidden_layers"]):
+        layer = f"{t}.encoder.layer.{i}"
+        for block, source in (("attention", h), ("crossattention", w)):
+            state |= linear(f"{layer}.{block}.self.query", h, h)
+            state |= linear(f"{layer}.{block}.self.key", h, source) | linear(f"{layer}.{block}.self.value", h, source)
+            state |= linear(f"{layer}.{block}.output.dense", h, h) | norm(f"{layer}.{block}.output.LayerNorm", h)
+        state |= linear(f"{layer}.intermediate.dense", inner, h) | linear(f"{layer}.output.dense", h, inner)
+        state |= norm(f"{layer}.output.LayerNorm", h)
+    state |= linear("blip.vision_proj", 256, w) | linear("blip.text_proj", 256, h)
+    for i, (into, out) in zip((0, 2, 4, 6, 7), ((h, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)), strict=True):
+        state |= linear(f"mlp.layers.{i}", out, into)
+    return state
+
+
+def synthetic_bert_tokenizer(folder: Path, words: tuple[str, ...] = ()):
+    """A bert-base-uncased style WordPiece tokenizer over letters (and `words`), no vocabulary downloaded."""
+    from transformers import BertTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), *words]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"))
+
+
+def save_random_image_reward(
+    folder: Path, vision: dict[str, int] | None = None, med_config: dict[str, Any] | None = None, seed: int = 0
+) -> Path:
+    """An ImageReward weights folder as published (`ImageReward.pt`, `med_config.json`) with random weights
+    (real size unless told), and a letters-only BERT tokenizer in `tokenizer/`."""
+    vision = vision or REAL_IMAGE_REWARD["vision"]
+    med_config = med_config or REAL_IMAGE_REWARD["med_config"]
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(random_image_reward_state(vision, med_config, seed), folder / "ImageReward.pt")
+    (folder / "med_config.json").write_text(json.dumps(med_config, indent=2))
+    synthetic_bert_tokenizer(folder / "tokenizer").save_pretrained(folder / "tokenizer")
+    return folder
+
+
+def random_open_clip_state(clip: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights under the names and shapes of an OpenCLIP ViT state dict (HPSv2's checkpoint), the
+    towers sized by a `REAL_CLIPS` entry."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    text, vision, projection = clip["text_config"], clip["vision_config"], clip["projection_dim"]
+    width_t, width_v, patch = text["hidden_size"], vision["hidden_size"], vision["patch_size"]
+    state = {
+        "token_embedding.weight": rand(text["vocab_size"], width_t),
+        "positional_embedding": rand(text["max_position_embeddings"], width_t),
+        "ln_final.weight": 1 + rand(width_t),
+        "ln_final.bias": rand(width_t),
+        "text_projection": rand(width_t, projection),
+        "logit_scale": torch.tensor(4.6),
+        "visual.conv1.weight": rand(width_v, 3, patch, patch),
+        "visual.class_embedding": rand(width_v),
+        "visual.positional_embedding": rand((vision["image_size"] // patch) ** 2 + 1, width_v),
+        "visual.ln_pre.weight": 1 + rand(width_v),
+        "visual.ln_pre.bias": rand(width_v),
+        "visual.ln_post.weight": 1 + rand(width_v),
+        "visual.ln_post.bias": rand(width_v),
+        "visual.proj": rand(width_v, projection),
+    }
+    for tower, config in (("transformer", text), ("visual.transformer", vision)):
+        width, inner = config["hidden_size"], config["intermediate_size"]
+        for i in range(config["num_hidden_layers"]):
+            block = f"{tower}.resblocks.{i}"
+            for name, shape in (
+                ("ln_1", (width,)), ("ln_2", (width,)), ("attn.out_proj", (width, width)),
+                ("mlp.c_fc", (inner, width)), ("mlp.c_proj", (width, inner)),
+            ):  # fmt: skip
+                state[f"{block}.{name}.weight"] = (1 + rand(width)) if name.startswith("ln") else rand(*shape)
+                state[f"{block}.{name}.bias"] = rand(shape[0])
+            state[f"{block}.attn.in_proj_weight"] = rand(3 * width, width)
+            state[f"{block}.attn.in_proj_bias"] = rand(3 * width)
+    return state

@@ -3,9 +3,10 @@
 Each named reward is built the way a job builds it (the registry, weights from a models directory) and
 scores batches of random images: with prompts that ask for a quoted word (what the OCR reward reads),
 or of the shapes grammar for the shapes rewards. With `--random-weights` the learned rewards get
-real-size CLIP models with random weights instead (ViT-L/14 for clip_score and the aesthetic predictor,
-ViT-H/14 for PickScore), saved in the real layout to a scratch directory: their time and memory do not
-depend on the weights. One untimed batch first (loading, caches).
+real-size models with random weights instead (CLIP ViT-L/14 for clip_score and the aesthetic predictor,
+ViT-H/14 for PickScore and, as an OpenCLIP checkpoint, HPSv2; BLIP ViT-L + BERT-base for ImageReward),
+saved in the published layout to a scratch directory: their time and memory do not depend on the weights.
+One untimed batch first (loading, caches).
 """
 
 from __future__ import annotations
@@ -29,13 +30,26 @@ RANDOM_CLIPS = {"clip_score": "vit-l-14", "pickscore": "vit-h-14", "aesthetic": 
 
 def random_reward_models(names: list[str], folder: Path) -> Path:
     """A models directory with `rewards/NAME` for each learned reward of `names`, random weights."""
-    from trainer_core.real_sizes import REAL_CLIPS, save_random_clip
+    from trainer_core.real_sizes import (
+        REAL_CLIPS,
+        random_open_clip_state,
+        save_random_clip,
+        save_random_image_reward,
+        synthetic_clip_tokenizer,
+    )
     from trainer_core.rewards.aesthetic import MLP_FILE, aesthetic_mlp
+    from trainer_core.rewards.hpsv2 import CHECKPOINT
 
     for name in names:
+        target = folder / "rewards" / name
+        if name == "imagereward":
+            save_random_image_reward(target)
+        elif name == "hpsv2":
+            target.mkdir(parents=True)
+            torch.save(random_open_clip_state(REAL_CLIPS["vit-h-14"]), target / CHECKPOINT)
+            synthetic_clip_tokenizer(target / "tokenizer", 77).save_pretrained(target / "tokenizer")
         if name not in RANDOM_CLIPS:
             continue
-        target = folder / "rewards" / name
         save_random_clip(RANDOM_CLIPS[name], target / "clip" if name == "aesthetic" else target)
         if name == "aesthetic":
             mlp = aesthetic_mlp(int(REAL_CLIPS[RANDOM_CLIPS[name]]["projection_dim"]))  # type: ignore[call-overload]

@@ -23,6 +23,22 @@ def _embedding(output: object) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[attr-defined]
 
 
+def preprocessed(processor: object, images: np.ndarray, cache: dict[object, torch.Tensor] | None) -> torch.Tensor:
+    """`processor`'s pixel values [N, 3, S, S] of uint8 images [N, H, W, 3], from `cache` when a model of the
+    same mix with the same preprocessing has already computed them for these images."""
+    if cache is None:
+        return processor(images=list(images), return_tensors="pt")["pixel_values"]  # type: ignore[operator]
+    key = (
+        hashlib.sha1(images.tobytes()).hexdigest(),
+        images.shape,
+        json.dumps(processor.to_dict(), sort_keys=True),  # type: ignore[attr-defined]
+    )
+    if key not in cache:
+        cache.clear()  # one batch of images at a time
+        cache[key] = processor(images=list(images), return_tensors="pt")["pixel_values"]  # type: ignore[operator]
+    return cache[key]
+
+
 class ClipFeatures(ImageFeatures):
     """A CLIP model from a local directory, in inference mode (also what the CLIP-based rewards score with).
 
@@ -105,19 +121,8 @@ class ClipFeatures(ImageFeatures):
         return torch.nn.functional.normalize(image, dim=-1), torch.nn.functional.normalize(text, dim=-1)
 
     def pixels(self, images: np.ndarray) -> torch.Tensor:
-        """The processor's pixel values [N, 3, S, S] of uint8 images [N, H, W, 3], from the cache when a CLIP
-        model with the same preprocessing has already computed them for these images."""
-        if self.pixel_cache is None:
-            return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        key = (
-            hashlib.sha1(images.tobytes()).hexdigest(),
-            images.shape,
-            json.dumps(self.processor.to_dict(), sort_keys=True),
-        )
-        if key not in self.pixel_cache:
-            self.pixel_cache.clear()  # one batch of images at a time
-            self.pixel_cache[key] = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return self.pixel_cache[key]
+        """The processor's pixel values [N, 3, S, S] of uint8 images [N, H, W, 3]."""
+        return preprocessed(self.processor, images, self.pixel_cache)
 
     def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         if len(images) != len(prompts):
