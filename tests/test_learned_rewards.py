@@ -362,3 +362,27 @@ def test_imagereward_refuses_a_checkpoint_that_is_not_its_own(tmp_path):
     torch.save({"visual.conv1.weight": torch.zeros(1)}, folder / CHECKPOINT)  # an OpenCLIP file in its place
     with pytest.raises(ValueError, match=r"ImageReward\.pt: no vision weights"):
         build_rewards(["imagereward"], models_dir=tmp_path)
+
+
+def test_hpsv2_and_imagereward_in_one_mix_preprocess_each_batch_once(tmp_path, monkeypatch):
+    from transformers import CLIPImageProcessor
+
+    from trainer_core.real_sizes import save_random_image_reward, synthetic_clip_tokenizer
+    from trainer_core.rewards.hpsv2 import CHECKPOINT
+
+    save_random_image_reward(tmp_path / "rewards" / "imagereward", TINY_VIT, TINY_MED)
+    (tmp_path / "rewards" / "hpsv2").mkdir()
+    torch.save(open_clip_state(), tmp_path / "rewards" / "hpsv2" / CHECKPOINT)
+    synthetic_clip_tokenizer(tmp_path / "rewards" / "hpsv2" / "tokenizer", CONTEXT).save_pretrained(
+        tmp_path / "rewards" / "hpsv2" / "tokenizer"
+    )
+    rewards = build_rewards(["hpsv2", "imagereward"], models_dir=tmp_path)
+    calls = []
+    original = CLIPImageProcessor.__call__
+    counted = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)  # noqa: E731
+    monkeypatch.setattr(CLIPImageProcessor, "__call__", counted)
+    pictures = images(2, 3)
+    separately = {name: reward.score(pictures, PROMPTS[:2]) for name, reward in rewards.items()}
+    assert len(calls) == 1  # both at 32 px with CLIP's normalisation: one preprocessing
+    alone = build_rewards(["imagereward"], models_dir=tmp_path)["imagereward"].score(pictures, PROMPTS[:2])
+    np.testing.assert_allclose(separately["imagereward"], alone, atol=1e-6)  # sharing changes no score
