@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="where pref:NAME rewards are found (env VGRPO_HOME, default ./studio_data)")
     train.add_argument("--iterations", type=int, help="override the config's iterations")
     train.add_argument(
+        "--devices", type=int, help="override resources.devices: data-parallel processes (GPUs, or CPU processes)"
+    )
+    train.add_argument(
         "--time-budget-minutes", type=float, help="override the config's time_budget_minutes (0: no limit)"
     )
 
@@ -314,14 +317,32 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"saved the shapes pipeline to {args.out}")
 
 
+def _train_arguments(args: argparse.Namespace, devices: int) -> list[str]:
+    """`vgrpo train`'s arguments as given, for its data-parallel processes."""
+    arguments = ["train", "--out", str(args.out), "--devices", str(devices)]
+    for flag, value in (
+        ("--config", args.config),
+        ("--preset", args.preset),
+        ("--data-dir", args.data_dir),
+        ("--iterations", args.iterations),
+        ("--time-budget-minutes", args.time_budget_minutes),
+    ):
+        if value is not None:
+            arguments += [flag, str(value)]
+    return arguments + (["--resume"] if args.resume else [])
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
+    import subprocess
 
     from tqdm import tqdm
 
+    from studio.launch import launched_by_torchrun, process_command
     from studio.runs import RunDirectory
     from studio.training import run_training
     from trainer_core.config import load_config, load_preset
+    from trainer_core.distributed import init_from_environment
 
     if args.config is None and args.preset is None and not args.resume:
         raise CliError("train: give --config FILE or --preset NAME (or --resume an existing --out)")
@@ -338,8 +359,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = dataclasses.replace(config, iterations=args.iterations)
     if args.time_budget_minutes is not None:
         config = dataclasses.replace(config, time_budget_minutes=args.time_budget_minutes)
+    if args.devices is not None:
+        config = dataclasses.replace(config, resources=dataclasses.replace(config.resources, devices=args.devices))
+    if config.resources.devices > 1 and not launched_by_torchrun():
+        # the same command again, as resources.devices data-parallel processes
+        arguments = _train_arguments(args, config.resources.devices)
+        completed = subprocess.run(process_command("studio.cli", arguments, config.resources.devices), check=False)
+        if completed.returncode:
+            raise CliError(f"train: a process of the {config.resources.devices} failed (exit {completed.returncode})")
+        return
+    world = init_from_environment()
     done = len(run.read_metrics()) if args.resume else 0
-    bar = tqdm(total=config.iterations, initial=min(done, config.iterations), desc="train", unit="it")
+    initial = min(done, config.iterations)
+    bar = tqdm(total=config.iterations, initial=initial, desc="train", unit="it", disable=not world.is_main)
 
     def report(metrics: dict[str, float]) -> None:
         bar.n = int(metrics["iteration"])
@@ -350,6 +382,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     result = run_training(config, args.out, resume=args.resume, on_iteration=report, data_dir=DataDir(args.data_dir))
     bar.close()
+    if not world.is_main:
+        return
     if result.interrupted:
         print(f"stopped at iteration {result.iterations_done}; resume with: vgrpo train --out {args.out} --resume")
     else:

@@ -17,6 +17,7 @@ from studio.runs import RunDirectory
 from trainer_core.adapters import load_model
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config, load_config
+from trainer_core.distributed import World
 from trainer_core.image_grid import save_grid
 from trainer_core.rewards.base import RewardMix
 from trainer_core.trainer import GroupTrainer
@@ -80,14 +81,21 @@ def run_training(
     `on_samples` hear of each metrics row, checkpoint file and sample grid once it is on disk.
     `clock` (seconds) times the run for `wall_time_s` and the budget. Preference rewards are read from
     `data_dir` (the default data directory when None).
+
+    Run by every process of a data-parallel job (`trainer_core.distributed`), rank 0 alone writes the run
+    directory and calls the callbacks, and decides (for all ranks) where the run starts, the clock the
+    schedule follows, and when it stops.
     """
+    world = World.current()
     run = RunDirectory(out)
-    if run.exists() and not resume:
-        raise FileExistsError(f"--out: {out} already holds a run; pass --resume to continue it or choose another")
-    if resume and run.exists():
-        extended = {"iterations": config.iterations, "time_budget_minutes": config.time_budget_minutes}
-        config = dataclasses.replace(load_config(run.config_path), **extended)
-    run.create(dump_config(config))
+    if world.is_main:
+        if run.exists() and not resume:
+            raise FileExistsError(f"--out: {out} already holds a run; pass --resume to continue it or choose another")
+        if resume and run.exists():
+            extended = {"iterations": config.iterations, "time_budget_minutes": config.time_budget_minutes}
+            config = dataclasses.replace(load_config(run.config_path), **extended)
+        run.create(dump_config(config))
+    config = world.broadcast(config)  # type: ignore[assignment]
 
     models = (data_dir or DataDir()).models
     adapter = load_model(config.model, models)
@@ -96,26 +104,32 @@ def run_training(
 
     start = 0
     if resume:
-        latest = run.latest_checkpoint()
+        latest = world.broadcast(run.latest_checkpoint())
         if latest is not None:
             lora_path, _ = run.checkpoint_paths(latest)
             adapter.load_lora(lora_path)
             trainer.load_state_dict(run.load_state(latest))
             start = latest
-        run.truncate_metrics(start)
-    done_rows = run.read_metrics()
-    wall_offset = done_rows[-1]["wall_time_s"] if start else 0.0
     budget_s = 60.0 * config.time_budget_minutes
 
     def out_of_time(wall_s: float, step_s: float) -> bool:
         """Whether one more iteration of step_s seconds would end past the time budget."""
         return budget_s > 0 and wall_s + step_s > budget_s
 
-    # a run that ended on its budget resumes to nothing more (unless the budget was raised)
-    end = start if start and out_of_time(wall_offset, done_rows[-1]["iteration_s"]) else config.iterations
+    wall_offset, end = 0.0, config.iterations
+    if world.is_main:
+        if resume:
+            run.truncate_metrics(start)
+        done_rows = run.read_metrics()
+        wall_offset = done_rows[-1]["wall_time_s"] if start else 0.0
+        # a run that ended on its budget resumes to nothing more (unless the budget was raised)
+        end = start if start and out_of_time(wall_offset, done_rows[-1]["iteration_s"]) else config.iterations
+    wall_offset, end = world.broadcast((wall_offset, end))  # type: ignore[misc]
 
     def checkpoint(iteration: int) -> Path:
         lora_path, _ = run.checkpoint_paths(iteration)
+        if not world.is_main:
+            return lora_path
         adapter.save_lora(lora_path, _lora_metadata(config, iteration))
         run.save_state(iteration, trainer.state_dict())
         if on_checkpoint:
@@ -126,22 +140,25 @@ def run_training(
     started = clock()
     with _StopFlag() as stop:
         for iteration in range(start + 1, end + 1):
-            before = wall_offset + clock() - started
+            before: float = world.broadcast(wall_offset + clock() - started)  # type: ignore[assignment]
             metrics = trainer.step(before / budget_s if budget_s else 0.0)
             metrics["wall_time_s"] = wall_offset + clock() - started
-            run.append_metrics(metrics)
             last = iteration == end or out_of_time(metrics["wall_time_s"], metrics["wall_time_s"] - before)
-            if config.logging.sample_every and (iteration % config.logging.sample_every == 0 or last):
-                save_sample_grid(trainer, config, run.sample_path(iteration))
-                if on_samples:
-                    on_samples(iteration, run.sample_path(iteration))
+            stopping = stop.requested or bool(should_stop and should_stop())
+            last, stopping = world.broadcast((last, stopping))  # type: ignore[misc]
+            if world.is_main:
+                run.append_metrics(metrics)
+                if config.logging.sample_every and (iteration % config.logging.sample_every == 0 or last):
+                    save_sample_grid(trainer, config, run.sample_path(iteration))
+                    if on_samples:
+                        on_samples(iteration, run.sample_path(iteration))
             if iteration % config.logging.checkpoint_every == 0:
                 checkpoint(iteration)
-            if on_iteration:
+            if on_iteration and world.is_main:
                 on_iteration(metrics)
             if last:
                 break
-            if stop.requested or (should_stop and should_stop()):
+            if stopping:
                 if iteration % config.logging.checkpoint_every:
                     checkpoint(iteration)
                 interrupted = True
@@ -152,7 +169,8 @@ def run_training(
         if trainer.iteration % config.logging.checkpoint_every:
             checkpoint(trainer.iteration)
         final = run.checkpoints / "final.safetensors"
-        adapter.save_lora(final, _lora_metadata(config, trainer.iteration))
+        if world.is_main:
+            adapter.save_lora(final, _lora_metadata(config, trainer.iteration))
     return TrainingResult(trainer.iteration, interrupted, final)
 
 

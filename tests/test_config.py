@@ -9,6 +9,7 @@ from trainer_core.config import (
     ConfigError,
     FlowGRPOConfig,
     LoggingConfig,
+    ResourcesConfig,
     MixGRPOConfig,
     ModelConfig,
     OptimizerConfig,
@@ -87,6 +88,7 @@ def test_every_field_is_documented_once_in_its_docstring():
         LoggingConfig,
         FlowGRPOConfig,
         MixGRPOConfig,
+        ResourcesConfig,
     ):
         docs = field_docs(cls)
         hints = typing.get_type_hints(cls)

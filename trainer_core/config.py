@@ -293,6 +293,29 @@ class LoggingConfig:
             raise ConfigError("logging.sample_prompts: name at least one prompt")
 
 
+#: the most processes one job may run (a node of 8 GPUs, times 8 nodes)
+MAX_DEVICES = 64
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What a job takes of a worker.
+
+    devices: processes of the job, one device each (a GPU, or a CPU slot on a CPU-only worker). Above 1
+        the job trains data-parallel: each process rolls out, scores and trains on its share of the
+        prompt groups (a group never spans processes) and the gradients are summed across them, so N
+        processes compute what one does with the same config, up to float rounding (1).
+    """
+
+    devices: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.devices, int) or not 1 <= self.devices <= MAX_DEVICES:
+            raise ConfigError(
+                f"resources.devices: must be a whole number from 1 to {MAX_DEVICES}, got {self.devices!r}"
+            )
+
+
 def _default_rewards() -> RewardMixConfig:
     return RewardMixConfig(weights={"geneval": 1.0})
 
@@ -324,6 +347,7 @@ class TrainConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)
     rewards: RewardMixConfig = field(default_factory=_default_rewards)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -333,6 +357,11 @@ class TrainConfig:
         if not isinstance(self.time_budget_minutes, int | float) or not self.time_budget_minutes >= 0:
             raise ConfigError(
                 f"time_budget_minutes: must be a non-negative number (0: no limit), got {self.time_budget_minutes!r}"
+            )
+        if self.rollout.prompts_rolled_out < self.resources.devices:
+            raise ConfigError(
+                f"resources.devices: at most the prompt groups rolled out per iteration "
+                f"({self.rollout.prompts_rolled_out}), so that every process has one; got {self.resources.devices}"
             )
         if self.algorithm == "mix-grpo" and self.mix_grpo.window_size > self.rollout.steps:
             raise ConfigError(

@@ -101,7 +101,9 @@ class FlowGRPOTrainer(GroupTrainer):
                 )
                 if step in window:
                     mean, std = self.step_mean_std(z, v, step)
-                    z = mean + std * torch.randn(z.shape, generator=self.generator).to(z.device)
+                    # drawn for the whole batch, this rank's rows kept: every rank's stream stays the same
+                    whole = torch.randn(self.batch_images, *z.shape[1:], generator=self.generator)
+                    z = mean + std * whole[self.batch_rows].to(z.device)
                     log_probs[step] = gaussian_log_prob(z, mean, std)
                 else:
                     z = z + (t_next - t) * v  # the ODE's Euler step outside MixGRPO's window
@@ -148,11 +150,11 @@ class FlowGRPOTrainer(GroupTrainer):
         self.adapter.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         trajectory, embeddings = batch.trajectory, batch.generation.embeddings
-        n, steps = trajectory.states.shape[1], trajectory.trained_steps
+        n, steps = self.batch_images, trajectory.trained_steps  # chunks weighted by their share of the batch
         totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
         with self.adapter.lora_merged():  # fused: one call per adapted layer
             for step in steps:
-                for part in self.batch_slices(n):
+                for part in self.batch_slices(trajectory.states.shape[1]):
                     z, z_next = trajectory.states[step][part], trajectory.states[step + 1][part]
                     v = self._velocity(z, step, embeddings[part])
                     mean, std = self.step_mean_std(z, v, step)

@@ -35,6 +35,7 @@ import torch
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
 from trainer_core.device_timing import DeviceIntervals
+from trainer_core.distributed import World
 from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import SOLVER_NFE
 from trainer_core.vgrpo import VGRPOConfig, draw_pairs, elbo_surrogate, soft_clip, vgrpo_loss, within_group_cv
@@ -194,6 +195,9 @@ class GroupTrainer(ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.prompts = PromptSource(config.rollout.prompts, config.seed)
         self.iteration = 0
+        #: the processes this training runs on; this rank's rows of the batch and the batch's image count
+        self.world = World.current()
+        self.batch_rows, self.batch_images = slice(None), 0
         self.backward_intervals = DeviceIntervals(adapter.device)  # device time in backward passes
         #: wait for the device before reading clocks (benchmarks on CUDA); costs overlap, so off in training
         self.synchronize = False
@@ -249,32 +253,36 @@ class GroupTrainer(ABC):
         self.backward_intervals.take()
         started = time.perf_counter()
         group_size = cfg.rollout.group_size
+        prompts = self.prompts.draw(cfg.rollout.prompts_rolled_out)  # the whole batch's, on every rank
+        self.batch_rows = self.world.rows(len(prompts), group_size)
+        self.batch_images = rolled_out = len(prompts) * group_size
         with _timed(times, "rollout_s", self.cuda_sync):
-            generation, trace = self.generate(self.prompts.draw(cfg.rollout.prompts_rolled_out))
-        rolled_out = len(generation.prompts)
+            generation, trace = self.generate(prompts)  # this rank's groups
         batch = None
         if not self.selects_images:
             # the old pass needs no rewards: queued on a GPU first, it runs while the host scores the images
             with _timed(times, "old_pass_s", self.cuda_sync):
                 batch = self.old_pass(generation, trace)
         with _timed(times, "reward_s", self.cuda_sync):
-            scores = self.rewards.score(generation.images, generation.prompts)
+            scores = self.world.gather(self.rewards.score(generation.images, generation.prompts))
             spread = self.rewards.group_spread(scores, group_size)
             self.prompts.observe(spread)
             rolled_out_scores = scores
             images = self.training_images(spread)
             if images is not None:
-                generation, trace = generation.select(images), self.select_trace(trace, images)
+                local = self._select_rows(images)
+                generation, trace = generation.select(local), self.select_trace(trace, local)
                 scores = {name: values[images.numpy()] for name, values in scores.items()}
             advantages = self.rewards.advantages(scores, group_size, self.advantage_eps)
             advantages = self.shape_advantages(advantages).to(self.adapter.device)
+            local_advantages = advantages[self.batch_rows]
         if batch is None:
             with _timed(times, "old_pass_s", self.cuda_sync):
                 batch = self.old_pass(generation, trace)
-        batch.advantages = advantages
+        batch.advantages = local_advantages
         with _timed(times, "train_s", self.cuda_sync):
             learning_rate = self.set_learning_rate(elapsed_fraction)
-            stats = [self.gradient_step(batch) for _ in range(self.gradient_steps)]
+            stats = [self._summed_over_ranks(self.gradient_step(batch)) for _ in range(self.gradient_steps)]
         self.iteration += 1
 
         # rewards over everything rolled out: the policy's quality, whatever the selection kept
@@ -286,11 +294,12 @@ class GroupTrainer(ABC):
             **{f"reward_{name}": float(values.mean()) for name, values in rolled_out_scores.items()},
             **{f"score_s_{name}": seconds for name, seconds in self.rewards.seconds.items()},
             "tied_groups": float((spread < TIE_SPREAD).mean()),
-            "trained_groups": len(generation.prompts) // group_size,
+            "trained_groups": self.batch_images // group_size,
             **{key: float(np.mean([s[key] for s in stats])) for key in stats[0]},
             **self.diagnostics(batch),
             **self.prompts.diagnostics(),
-            "nfe": self.rollout_evaluations() * rolled_out + self.training_evaluations(batch),
+            "nfe": self.rollout_evaluations() * rolled_out
+            + self.world.sum_floats({"nfe": self.training_evaluations(batch)})["nfe"],
             "advantage_abs_mean": float(advantages.abs().mean()),
             "learning_rate": learning_rate,
             "iteration_s": time.perf_counter() - started,
@@ -299,6 +308,23 @@ class GroupTrainer(ABC):
         }
         metrics["images_per_s"] = rolled_out / metrics["iteration_s"]
         return metrics
+
+    def _select_rows(self, images: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the trained images (global indices, whole groups in order), as indices into
+        its own rows; the batch becomes the trained images."""
+        rows = self.batch_rows
+        start, stop = (rows.start or 0), (rows.stop if rows.stop is not None else self.batch_images)
+        mine = (images >= start) & (images < stop)
+        first = int((images < start).sum())
+        self.batch_rows = slice(first, first + int(mine.sum()))
+        self.batch_images = len(images)
+        return images[mine] - start
+
+    def _summed_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """A gradient step's loss terms (each rank's weighted by its share) summed to the whole batch's; the
+        gradient norm is already the summed gradient's."""
+        summed = self.world.sum_floats({k: v for k, v in stats.items() if k != "grad_norm"})
+        return {**summed, "grad_norm": stats["grad_norm"]}
 
     @property
     def selects_images(self) -> bool:
@@ -331,16 +357,20 @@ class GroupTrainer(ABC):
         return learning_rate
 
     def expand_prompts(self, prompts: list[str]) -> tuple[PromptEmbeddings, list[str], torch.Tensor]:
-        """Embeddings and prompts repeated G times, and the rollouts' initial noise."""
+        """Embeddings and prompts repeated G times, and the rollouts' initial noise, of this rank's groups
+        of the batch `prompts` (the noise is drawn for the whole batch, so every rank's stream stays the
+        same)."""
         group_size = self.config.rollout.group_size
-        embeddings = self.adapter.encode_prompts(prompts).repeat_interleave(group_size)
-        prompt_per_image = [p for p in prompts for _ in range(group_size)]
         if self.config.rollout.shared_noise:
             group_noise = torch.randn(group_size, *self.adapter.latent_shape, generator=self.generator)
             noise = group_noise.repeat(len(prompts), *[1] * len(self.adapter.latent_shape))
         else:
-            noise = torch.randn(len(prompt_per_image), *self.adapter.latent_shape, generator=self.generator)
-        return embeddings, prompt_per_image, noise.to(self.adapter.device, self.adapter.dtype)
+            noise = torch.randn(len(prompts) * group_size, *self.adapter.latent_shape, generator=self.generator)
+        rows = self.batch_rows
+        mine = prompts[(rows.start or 0) // group_size : (rows.stop or len(prompts) * group_size) // group_size]
+        embeddings = self.adapter.encode_prompts(mine).repeat_interleave(group_size)
+        prompt_per_image = [p for p in mine for _ in range(group_size)]
+        return embeddings, prompt_per_image, noise[rows].to(self.adapter.device, self.adapter.dtype)
 
     def batch_slices(self, n: int, inputs_per_item: int = 1) -> list[slice]:
         """Slices of n items with at most rollout.batch_size model inputs each."""
@@ -362,8 +392,10 @@ class GroupTrainer(ABC):
             loss.backward()
 
     def optimizer_step(self) -> float:
-        """Clip the accumulated gradient, step AdamW; returns the gradient norm before clipping."""
+        """Sum the accumulated gradient over the ranks, clip it, step AdamW; returns the gradient norm
+        before clipping."""
         max_norm = self.config.optimizer.grad_clip if self.config.optimizer.grad_clip > 0 else math.inf
+        self.world.sum_gradients(self.parameters)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm))
         self.optimizer.step()
         return grad_norm
@@ -436,14 +468,15 @@ class VGRPOTrainer(GroupTrainer):
 
     def old_pass(self, generation: Generation, trace: None) -> SurrogateBatch:
         t, eps = draw_pairs(
-            len(generation.prompts) // self.config.rollout.group_size,
+            self.batch_images // self.config.rollout.group_size,  # the whole batch's pairs, this rank's rows
             self.config.rollout.group_size,
             self.adapter.latent_shape,
             self.vgrpo,
             self.adapter.time_shift,
             self.generator,
         )
-        t, eps = t.to(self.adapter.device), eps.to(self.adapter.device, self.adapter.dtype)
+        t, eps = t[self.batch_rows].to(self.adapter.device), eps[self.batch_rows]
+        eps = eps.to(self.adapter.device, self.adapter.dtype)
         surrogate_old, x_hat_anchor = None, None
         if not self.reuses_first_step:
             surrogate_old, x_hat_anchor = self.surrogate(generation.latents, generation.embeddings, t, eps)
@@ -472,7 +505,7 @@ class VGRPOTrainer(GroupTrainer):
 
     def diagnostics(self, batch: SurrogateBatch) -> dict[str, float]:
         assert batch.surrogate_old is not None, "diagnostics run after the gradient steps"
-        surrogate_old = batch.surrogate_old.float().cpu()
+        surrogate_old = torch.as_tensor(self.world.gather({"s": batch.surrogate_old.float().cpu().numpy()})["s"])
         return {
             "surrogate_cv_within_group": within_group_cv(surrogate_old, self.config.rollout.group_size),
             # a steady fall would mean the LoRA is unlearning how to denoise its own samples
@@ -517,13 +550,13 @@ class VGRPOTrainer(GroupTrainer):
         self.adapter.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         generation = batch.generation
-        n = generation.latents.shape[0]
+        n = self.batch_images  # each rank's chunks weighted by their share of the whole batch
         fill_old = batch.surrogate_old is None
         anchor_old = fill_old and cfg.beta > 0 and cfg.penalty_to == "old"
         olds: list[torch.Tensor] = []
         anchors: list[torch.Tensor] = []
         totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
-        for part in self.batch_slices(n, cfg.n_mc):
+        for part in self.batch_slices(generation.latents.shape[0], cfg.n_mc):
             s, x_hat = self._surrogate_chunk(
                 generation.latents[part], generation.embeddings[part], batch.t[part], batch.eps[part]
             )
@@ -548,9 +581,9 @@ class VGRPOTrainer(GroupTrainer):
             totals["clip_fraction"] += terms.clip_fraction * weight
             totals["kl"] += terms.kl * weight
         if fill_old:
-            batch.surrogate_old = torch.cat(olds)
+            batch.surrogate_old = torch.cat(olds) if olds else torch.empty(0, device=self.adapter.device)
         if anchor_old:
-            batch.x_hat_anchor = torch.cat(anchors)
+            batch.x_hat_anchor = torch.cat(anchors) if anchors else None
         grad_norm = self.optimizer_step()
         self.adapter.denoiser.eval()
         return {**totals, "grad_norm": grad_norm}
