@@ -9,10 +9,10 @@ from trainer_core.config import (
     ConfigError,
     FlowGRPOConfig,
     LoggingConfig,
-    ResourcesConfig,
     MixGRPOConfig,
     ModelConfig,
     OptimizerConfig,
+    ResourcesConfig,
     RolloutConfig,
     TrainConfig,
     dump_config,
@@ -114,7 +114,16 @@ def test_dumped_yaml_has_one_section_per_concern():
         "lora",
         "rewards",
         "logging",
+        "resources",
     }
+
+
+def test_resources_are_checked_by_field():
+    with pytest.raises(ConfigError, match=r"resources\.devices: must be a whole number from 1 to 64, got 0"):
+        from_dict(TrainConfig, {"resources": {"devices": 0}})
+    with pytest.raises(ConfigError, match=r"resources\.devices: at most the prompt groups rolled out .*\(2\).*got 3"):
+        from_dict(TrainConfig, {"rollout": {"prompts_per_iteration": 2}, "resources": {"devices": 3}})
+    assert from_dict(TrainConfig, {"resources": {"devices": 2}}).resources.devices == 2
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
