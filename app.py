@@ -20,12 +20,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="data directory (env VGRPO_HOME, default ./studio_data)")
     parser.add_argument("--db-url", help="database URL (default: SQLite studio.db in the data directory)")
     parser.add_argument("--auth", help="require a login, as user:password")
-    parser.add_argument("--max-concurrent-jobs", type=int, default=1, help="training jobs run at once (default 1)")
+    parser.add_argument(
+        "--devices",
+        help="devices this app's own worker runs jobs on: cpu, cpu:N, cuda, cuda:0,1,... (default: every visible GPU, "
+        "else cpu), or none to run no jobs here (workers on other hosts do, sharing --db-url)",
+    )
+    parser.add_argument("--jobs-per-device", type=int, default=1, help="jobs that may share one device (default 1)")
+    parser.add_argument("--max-concurrent-jobs", type=int, help="a cap on jobs run at once besides the devices")
     args = parser.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
         parser.error("--auth: expected user:password")
-    if args.max_concurrent_jobs < 1:
+    if args.max_concurrent_jobs is not None and args.max_concurrent_jobs < 1:
         parser.error("--max-concurrent-jobs: must be at least 1")
+    if args.devices is not None and args.devices.strip().lower() != "none":
+        from studio.devices import DeviceError, parse_devices
+
+        try:
+            parse_devices(args.devices)
+        except DeviceError as error:
+            parser.error(str(error))
     if not 0 < args.port < 65536:
         parser.error("--port: must be between 1 and 65535")
     return args
@@ -40,7 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = DataDir(args.data_dir).create()
     studio = Studio(data_dir, args.db_url)
-    scheduler = JobScheduler(studio.jobs.db.url, data_dir, args.max_concurrent_jobs).start()
+    scheduler = None
+    if (args.devices or "").strip().lower() != "none":
+        from studio.devices import parse_devices
+
+        devices = parse_devices(args.devices) if args.devices else None
+        jobs = args.max_concurrent_jobs
+        scheduler = JobScheduler(
+            studio.jobs.db.url, data_dir, jobs, devices=devices, jobs_per_device=args.jobs_per_device
+        ).start()
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     print(f"V-GRPO Studio: data in {data_dir.root}; open http://{args.host}:{args.port}", flush=True)
     try:
@@ -48,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             server_name=args.host, server_port=args.port, auth=auth, css=CSS, head=HEAD, show_error=True, quiet=True
         )
     finally:
-        scheduler.shutdown()  # running jobs keep running in their own processes
+        if scheduler is not None:
+            scheduler.shutdown()  # running jobs keep running in their own processes
     return 0
 
 

@@ -57,6 +57,23 @@ class Job(Base):
     total_iterations: Mapped[int] = mapped_column(Integer, default=0)
     last_checkpoint: Mapped[str | None] = mapped_column(String(500))  # relative to the data directory
     run_dir: Mapped[str | None] = mapped_column(String(500))  # relative to the data directory
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the config's resources.devices
+    worker_devices: Mapped[str | None] = mapped_column(String(200))  # what its worker gave it: "cuda:0,cuda:1"
+
+
+class Worker(Base):
+    """A scheduler process that runs jobs: what devices it offers, refreshed while it lives."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)  # host:pid:start
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list] = mapped_column(JSON)  # ["cuda:0", "cuda:1"] or ["cpu:0", ...]
+    jobs_per_device: Mapped[int] = mapped_column(Integer)
+    free_devices: Mapped[int] = mapped_column(Integer)  # devices with room for one more job
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Metric(Base):

@@ -196,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="claim and run queued jobs from the database (one process each)")
     _storage_args(worker)
-    worker.add_argument("--max-concurrent-jobs", type=int, default=1)
+    worker.add_argument("--devices", help="cpu, cpu:N, cuda, cuda:0,1,... (default: every visible GPU, else cpu)")
+    worker.add_argument("--jobs-per-device", type=int, default=1, help="jobs that may share one device (default 1)")
+    worker.add_argument("--max-concurrent-jobs", type=int, help="a cap on jobs run at once besides the devices")
     worker.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
     worker.add_argument("--stale-after", type=float, default=30.0, help="seconds without heartbeat before requeue")
 
@@ -615,8 +617,24 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from studio.scheduler import JobScheduler
 
     service = _job_service(args)
-    scheduler = JobScheduler(service.db.url, service.data_dir, args.max_concurrent_jobs, args.poll, args.stale_after)
-    print(f"worker on {service.db.url}: up to {args.max_concurrent_jobs} job(s) at a time", flush=True)
+    from studio.devices import parse_devices
+
+    devices = parse_devices(args.devices) if args.devices else None
+    scheduler = JobScheduler(
+        service.db.url,
+        service.data_dir,
+        args.max_concurrent_jobs,
+        args.poll,
+        args.stale_after,
+        devices=devices,
+        jobs_per_device=args.jobs_per_device,
+    )
+    devices_text = ",".join(scheduler.pool.devices)
+    print(
+        f"worker {scheduler.worker_id} on {service.db.url}: devices {devices_text}, "
+        f"{scheduler.pool.jobs_per_device} job(s) per device",
+        flush=True,
+    )
     try:
         scheduler.run_forever()
     except KeyboardInterrupt:

@@ -5,6 +5,11 @@ The process heartbeats from a thread, writes metrics, sample grids and checkpoin
 service as the run directory gets them, resumes from the run's last checkpoint when the job was run
 before, and stops at the next iteration boundary (with a checkpoint) when the job is cancelled or
 paused, or when its lease was taken over by another worker.
+
+A job of several devices runs this module once per rank under torchrun: rank 0 alone heartbeats and
+writes to the database and the run directory (the lease is the job's, not a rank's); the other ranks
+read the job and train their share. When a rank dies, torchrun stops the others and the scheduler sees
+the job's process end without finishing the job, which requeues it to resume from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,13 +28,23 @@ from studio.jobs import JobService
 from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.config import TrainConfig, from_dict
+from trainer_core.distributed import World, init_from_environment
 
 HEARTBEAT_S = 2.0
 
 
-def run_claimed_job(service: JobService, job_id: int, token: str, heartbeat_s: float = HEARTBEAT_S) -> str:
-    """Train the job to its end or to a stop request; returns the status it ended in."""
+def run_claimed_job(
+    service: JobService, job_id: int, token: str, heartbeat_s: float = HEARTBEAT_S, world: World | None = None
+) -> str:
+    """Train the job to its end or to a stop request; returns the status it ended in (rank 0), or "rank"
+    on the other ranks of a data-parallel job."""
+    world = world or World()
     job = service.get(job_id)
+    if not world.is_main:
+        run_dir = service.data_dir.run_dir(job_id)
+        resume = bool(world.broadcast(None))
+        run_training(from_dict(TrainConfig, job.config), run_dir, resume=resume, data_dir=service.data_dir)
+        return "rank"
     service.set_worker_process(job_id, token, socket.gethostname(), os.getpid())
     stop = threading.Event()
     done = threading.Event()
@@ -50,7 +65,7 @@ def run_claimed_job(service: JobService, job_id: int, token: str, heartbeat_s: f
         config: TrainConfig = from_dict(TrainConfig, job.config)
         run_dir = service.data_dir.run_dir(job_id)
         run = RunDirectory(run_dir)
-        resume = run.exists()
+        resume = bool(world.broadcast(run.exists()))  # decided before any rank writes
         service.forget_metrics_after(job_id, (run.latest_checkpoint() or 0) if resume else 0)
         result = run_training(
             config,
@@ -85,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", type=int, required=True)
     parser.add_argument("--token", required=True, help="the claim's lease token")
     args = parser.parse_args(argv)
+    world = init_from_environment()
     database = Database(args.db_url)
-    status = run_claimed_job(JobService(database, DataDir(args.data_dir)), args.job_id, args.token)
-    print(f"job {args.job_id}: {status}", flush=True)
+    status = run_claimed_job(JobService(database, DataDir(args.data_dir)), args.job_id, args.token, world=world)
+    if world.is_main:
+        print(f"job {args.job_id}: {status}", flush=True)
     return 0
 
 

@@ -21,11 +21,13 @@ from sqlalchemy.orm import Session
 
 from storage.data_dir import DataDir
 from storage.db import Database
-from storage.models import Checkpoint, Job, JobStatus, Metric, Sample, utcnow
+from storage.models import Checkpoint, Job, JobStatus, Metric, Sample, Worker, utcnow
 from studio.reward_catalog import RewardCatalog, is_preference
 from trainer_core.config import ConfigError, TrainConfig, from_dict, to_dict
 
 S = JobStatus
+#: a worker that has not said it lives for this long no longer counts at submit
+WORKER_STALE_S = 60.0
 
 
 class JobError(ValueError):
@@ -100,6 +102,14 @@ class JobService:
         checked = [pin_rewards(validate_config(c, self.catalog, self.data_dir.models), self.catalog) for c in configs]
         if max_attempts < 1:
             raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
+        largest = self.largest_worker()
+        for config in checked:
+            if largest is not None and config.resources.devices > largest[1]:
+                host, count = largest
+                raise ConfigError(
+                    f"resources.devices: the job asks for {config.resources.devices} devices, but the largest "
+                    f"worker ({host}) has {count}; lower resources.devices or start a worker with more --devices"
+                )
         with self.db.session() as session:
             jobs = [
                 Job(
@@ -111,6 +121,7 @@ class JobService:
                     max_attempts=max_attempts,
                     iteration=0,
                     total_iterations=c.iterations,
+                    devices=c.resources.devices,
                 )
                 for c in checked
             ]
@@ -286,16 +297,18 @@ class JobService:
 
     # --- the worker's side ------------------------------------------------------------------
 
-    def claim(self, host: str = "", pid: int | None = None) -> tuple[Job, str] | None:
-        """Atomically take the highest-priority queued job; returns it and the lease token, or None.
+    def claim(self, host: str = "", pid: int | None = None, max_devices: int | None = None) -> tuple[Job, str] | None:
+        """Atomically take the highest-priority queued job that needs at most `max_devices` devices (any
+        when None); returns it and the lease token, or None.
 
         The UPDATE only matches while the job is still queued, so of several claimers exactly one wins.
         """
         for _ in range(5):  # lost races: try the next candidate
             with self.db.session() as session:
-                candidate = session.scalar(
-                    select(Job.id).where(Job.status == S.QUEUED).order_by(Job.priority.desc(), Job.id).limit(1)
-                )
+                query = select(Job.id).where(Job.status == S.QUEUED)
+                if max_devices is not None:
+                    query = query.where(Job.devices <= max_devices)
+                candidate = session.scalar(query.order_by(Job.priority.desc(), Job.id).limit(1))
                 if candidate is None:
                     return None
                 token = uuid.uuid4().hex
@@ -319,11 +332,46 @@ class JobService:
                     return job, token  # type: ignore[return-value]
         return None
 
-    def set_worker_process(self, job_id: int, token: str, host: str, pid: int) -> None:
+    def set_worker_process(
+        self, job_id: int, token: str, host: str, pid: int, devices: list[str] | None = None
+    ) -> None:
+        values: dict[str, Any] = {"worker_host": host, "worker_pid": pid}
+        if devices is not None:
+            values["worker_devices"] = ",".join(devices)
         with self.db.session() as session:
-            session.execute(
-                update(Job).where(Job.id == job_id, Job.worker_id == token).values(worker_host=host, worker_pid=pid)
-            )
+            session.execute(update(Job).where(Job.id == job_id, Job.worker_id == token).values(**values))
+
+    # --- workers ------------------------------------------------------------------------------
+
+    def register_worker(
+        self, worker_id: str, host: str, pid: int, devices: list[str], jobs_per_device: int, free: int
+    ) -> None:
+        """Say (again) that a worker lives and what it offers; submit refuses jobs no live worker can run."""
+        with self.db.session() as session:
+            worker = session.get(Worker, worker_id)
+            if worker is None:
+                worker = Worker(id=worker_id, host=host, pid=pid, started_at=utcnow())
+                session.add(worker)
+            worker.devices, worker.jobs_per_device, worker.free_devices = devices, jobs_per_device, free
+            worker.heartbeat_at = utcnow()
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.db.session() as session:
+            session.execute(delete(Worker).where(Worker.id == worker_id))
+
+    def live_workers(self, stale_after_s: float = WORKER_STALE_S) -> list[Worker]:
+        limit = utcnow() - timedelta(seconds=stale_after_s)
+        with self.db.session() as session:
+            return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= limit).order_by(Worker.host)))
+
+    def largest_worker(self) -> tuple[str, int] | None:
+        """(host, device count) of the live worker with the most devices, or None when none is running
+        (a job then waits in the queue for one)."""
+        workers = self.live_workers()
+        if not workers:
+            return None
+        largest = max(workers, key=lambda w: len(w.devices))
+        return largest.host, len(largest.devices)
 
     def heartbeat(self, job_id: int, token: str, iteration: int | None = None) -> str:
         """Refresh the lease; returns the job's status, or "lost" when another worker holds it now."""

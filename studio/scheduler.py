@@ -1,27 +1,33 @@
-"""The job scheduler: claims queued jobs and runs each in its own process.
+"""The job scheduler: claims queued jobs that fit its free devices and runs each in its own process(es).
 
 An APScheduler (3.x) background job ticks every `poll_s` seconds: it requeues jobs whose worker
 stopped heartbeating (on any machine sharing the database), notices its own job processes that
-died without finishing their job (requeued at once rather than after the heartbeat timeout), and
-claims queued jobs while fewer than `max_concurrent_jobs` of its processes run.
+died without finishing their job (requeued at once rather than after the heartbeat timeout), says in
+the database that it lives and what it offers, and claims queued jobs while it has free devices (and
+runs fewer than `max_concurrent_jobs`). A job of `resources.devices: N` takes N free devices and runs as
+N data-parallel processes under torchrun, seeing only its own GPUs; several workers on several hosts
+sharing one database each claim only what fits their own devices.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from storage.data_dir import DataDir
 from storage.db import Database
+from studio.devices import DevicePool, parse_devices, visible_devices
 from studio.jobs import JobService
+from studio.launch import process_command
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 class _Running:
     process: subprocess.Popen
     token: str
+    devices: list[str]
 
 
 class JobScheduler:
@@ -37,18 +44,28 @@ class JobScheduler:
         self,
         db_url: str,
         data_dir: DataDir,
-        max_concurrent_jobs: int = 1,
+        max_concurrent_jobs: int | None = None,
         poll_s: float = 1.0,
         stale_after_s: float = 30.0,
+        devices: list[str] | None = None,
+        jobs_per_device: int = 1,
     ) -> None:
-        if max_concurrent_jobs < 1:
+        """`devices`: what `parse_devices` returns (default: every visible GPU, else one CPU slot per
+        `max_concurrent_jobs`); `max_concurrent_jobs`: a cap on jobs besides the devices (none)."""
+        if max_concurrent_jobs is not None and max_concurrent_jobs < 1:
             raise ValueError(f"max_concurrent_jobs: must be at least 1, got {max_concurrent_jobs}")
+        if devices is None:
+            devices = parse_devices(None)
+            if devices == ["cpu:0"] and max_concurrent_jobs:
+                devices = parse_devices(f"cpu:{max_concurrent_jobs}")
         self.db_url, self.data_dir = db_url, data_dir
         self.service = JobService(Database(db_url), data_dir)
-        self.max_concurrent_jobs = max_concurrent_jobs
+        self.max_concurrent_jobs = max_concurrent_jobs or len(devices) * jobs_per_device
+        self.pool = DevicePool(devices, jobs_per_device)
         self.poll_s, self.stale_after_s = poll_s, stale_after_s
         self.running: dict[int, _Running] = {}
         self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
 
@@ -61,41 +78,36 @@ class JobScheduler:
                 if code is None:
                     continue
                 del self.running[job_id]
+                self.pool.give_back(running.devices)
                 # A process that ended without finishing its job (killed, crashed): requeue now.
                 status = self.service.finish(job_id, running.token, "error", f"job process exited with code {code}")
                 if status != "lost":
                     log.warning("job %s: process exited with code %s; job is now %s", job_id, code, status)
-            while len(self.running) < self.max_concurrent_jobs:
-                claimed = self.service.claim(self.host)
+            while len(self.running) < self.max_concurrent_jobs and self.pool.free():
+                claimed = self.service.claim(self.host, max_devices=self.pool.free())
                 if claimed is None:
                     break
                 job, token = claimed
-                self.running[job.id] = _Running(self._spawn(job.id, token), token)
+                devices = self.pool.take(job.devices)
+                self.running[job.id] = _Running(self._spawn(job.id, token, devices), token, devices)
+            self.service.register_worker(
+                self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, self.pool.free()
+            )
 
-    def _spawn(self, job_id: int, token: str) -> subprocess.Popen:
+    def _spawn(self, job_id: int, token: str, devices: list[str]) -> subprocess.Popen:
         run_dir = self.data_dir.run_dir(job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(run_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-        command = [
-            sys.executable,
-            "-m",
-            "studio.job_process",
-            "--db-url",
-            self.db_url,
-            "--data-dir",
-            str(self.data_dir.root),
-            "--job-id",
-            str(job_id),
-            "--token",
-            token,
-        ]
+        arguments = ["--db-url", self.db_url, "--data-dir", str(self.data_dir.root), "--job-id", str(job_id)]
+        command = process_command("studio.job_process", [*arguments, "--token", token], len(devices))
+        env = _child_env() | {"CUDA_VISIBLE_DEVICES": visible_devices(devices)}
         try:
             process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=_child_env()
+                command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )
         finally:
             log_file.close()
-        self.service.set_worker_process(job_id, token, self.host, process.pid)
+        self.service.set_worker_process(job_id, token, self.host, process.pid, devices)
         return process
 
     def start(self) -> JobScheduler:
@@ -128,9 +140,10 @@ class JobScheduler:
             self._scheduler = None
         if stop_jobs:
             for running in self.running.values():
-                running.process.kill()
+                os.killpg(running.process.pid, signal.SIGKILL)  # the job's ranks too
                 running.process.wait()
             self.tick()
+        self.service.remove_worker(self.worker_id)
 
 
 def _child_env() -> dict[str, str]:
