@@ -638,6 +638,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     try:
         scheduler.run_forever()
     except KeyboardInterrupt:
+        scheduler.shutdown()  # no longer offers its devices
         print("worker stopped; running jobs continue in their own processes", flush=True)
 
 
