@@ -177,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_args(reward_bench)
     reward_bench.add_argument("--out", type=Path, default=Path("bench/results/rewards.json"))
 
+    scaling = benches.add_parser("scaling", help="one config as 1, 2, ... data-parallel processes")
+    scaling_source = scaling.add_mutually_exclusive_group()
+    scaling_source.add_argument("--config", type=Path, help="a YAML training config")
+    scaling_source.add_argument("--preset", default="shapes-geneval", help="a built-in preset (shapes-geneval)")
+    scaling.add_argument("--processes", default="1,2", help="process counts to run (1,2)")
+    scaling.add_argument("--iterations", type=int, default=6, help="iterations per run, the first a warm-up (6)")
+    scaling.add_argument("--out", type=Path, default=Path("bench/results/scaling.json"))
+
     preference = benches.add_parser(
         "preference",
         help="simulated tastes: reward accuracy vs labels (random, uncertain first, closest to even), then training",
@@ -400,8 +408,37 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "throughput": bench_throughput,
         "rewards": bench_rewards,
         "preference": bench_preference,
+        "scaling": bench_scaling,
     }
     benches[args.bench](args)
+
+
+def bench_scaling(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from studio.bench import format_rows, write_report
+    from studio.bench.scaling import scaling_benchmark
+    from trainer_core.config import load_config, load_preset
+
+    config = load_config(args.config) if args.config else load_preset(args.preset)
+    config = dataclasses.replace(config, iterations=args.iterations, time_budget_minutes=0.0)
+    config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, sample_every=0))
+    try:
+        processes = [int(n) for n in args.processes.split(",")]
+    except ValueError:
+        raise CliError(f"--processes: comma-separated whole numbers, got {args.processes!r}") from None
+    report = scaling_benchmark(config, processes, "cuda" if _cuda() else "cpu")
+    write_report(report, args.out)
+    print(f"scaling on {report['device']}: {report['images_per_iteration']} images per iteration")
+    columns = ["processes", "iteration_s", "images_per_s", "speedup", "startup_s", "final_reward"]
+    print(format_rows(report["results"], columns))  # type: ignore[arg-type]
+    print(f"wrote {args.out}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def bench_preference(args: argparse.Namespace) -> None:
