@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from ui.app import CSS, HEAD, build_app
 
     data_dir = DataDir(args.data_dir).create()
-    studio = Studio(data_dir, args.db_url)
+    studio = Studio(data_dir, args.db_url, inference="worker")  # the web process loads no model
     scheduler = None
     if (args.devices or "").strip().lower() != "none":
         from studio.devices import parse_devices

@@ -59,6 +59,8 @@ class Job(Base):
     run_dir: Mapped[str | None] = mapped_column(String(500))  # relative to the data directory
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the config's resources.devices
     worker_devices: Mapped[str | None] = mapped_column(String(200))  # what its worker gave it: "cuda:0,cuda:1"
+    # train, or a short inference task run by a worker for the web app (compare, generate)
+    kind: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
 
 
 class Worker(Base):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from storage.data_dir import DataDir
 from storage.db import Database
 from storage.labels import LabelStore
 from storage.models import JobStatus
-from studio.compare import BASE, CompareResult, compare_checkpoints
+from studio import inference as inference_runners
+from studio.compare import BASE, CompareResult
 from studio.export import export_checkpoint
 from studio.jobs import JobError, JobService, JobView, validate_config
 from studio.labeling import SOURCES, CandidatePair, LabelSession, LabelSource, PairSampler, SessionCounts, guide_reward
@@ -84,9 +86,15 @@ class JobDetail:
 
 
 class Studio:
-    def __init__(self, data_dir: DataDir, db_url: str | None = None) -> None:
+    def __init__(self, data_dir: DataDir, db_url: str | None = None, inference: str = "inline") -> None:
+        """`inference`: where Compare and labelling images are made: "worker" (the web app: by workers,
+        through the queue, so the web process loads no model) or "inline" (in this process)."""
+        if inference not in ("worker", "inline"):
+            raise ValueError(f"inference: must be worker or inline, got {inference!r}")
         self.data_dir = data_dir.create()
         self.jobs = JobService(Database.open(db_url or data_dir.default_url()), self.data_dir)
+        runner = inference_runners.WorkerInference if inference == "worker" else inference_runners.InlineInference
+        self.inference = runner(self.jobs)
         self.labels = LabelStore(self.jobs.db, self.data_dir)
         self.label_sessions: dict[str, LabelSession] = {}
 
@@ -275,11 +283,28 @@ class Studio:
         category = name.removeprefix("heldout: ")
         return [spec.prompt for spec in heldout_subset(8) if spec.category == category]
 
+    def start_compare(
+        self, checkpoints: list[str], prompts: list[str], seeds: list[int], heldout_per_category: int = 0
+    ) -> int:
+        """Queue a Compare for a worker (the web process loads no model); returns its job id."""
+        chosen: list[int | str] = [c if c == BASE else int(c) for c in checkpoints]
+        return self.inference.start_compare(chosen, prompts, seeds, heldout_per_category)
+
+    def inference_progress(self, job_id: int) -> str | None:
+        """None when the inference job is done, else its progress; raises when it failed or no worker runs."""
+        return self.inference.progress(job_id)
+
+    def compare_result(self, job_id: int) -> CompareResult:
+        return self.inference.compare_result(job_id)
+
     def compare(
         self, checkpoints: list[str], prompts: list[str], seeds: list[int], heldout_per_category: int = 0
     ) -> CompareResult:
-        chosen: list[int | str] = [c if c == BASE else int(c) for c in checkpoints]
-        return compare_checkpoints(self.jobs, chosen, prompts, seeds, heldout_per_category)
+        """`start_compare`, waited for."""
+        job_id = self.start_compare(checkpoints, prompts, seeds, heldout_per_category)
+        while self.inference_progress(job_id) is not None:
+            time.sleep(0.3)
+        return self.compare_result(job_id)
 
     def export(self, checkpoint: str, fmt: str, name: str = "") -> Path:
         if checkpoint in ("", BASE):
@@ -323,7 +348,7 @@ class Studio:
 
     def start_labelling(self, source: LabelSource, labeller: str = "local") -> str:
         """Open a labelling session (pairs start generating at once); returns its id."""
-        sampler = PairSampler(self.jobs, source, guide_reward(self.jobs.catalog, source))
+        sampler = PairSampler(self.jobs, source, guide_reward(self.jobs.catalog, source), inference=self.inference)
         session = LabelSession(self.labels, sampler, labeller or "local")
         self.label_sessions[session.id] = session
         while len(self.label_sessions) > MAX_LABEL_SESSIONS:

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import traceback
 
 from storage.data_dir import DataDir
@@ -31,15 +32,24 @@ from trainer_core.config import TrainConfig, from_dict
 from trainer_core.distributed import World, init_from_environment
 
 HEARTBEAT_S = 2.0
+#: how long an inference process waits for the next request, its models loaded, before it ends
+INFERENCE_IDLE_S = 60.0
 
 
 def run_claimed_job(
-    service: JobService, job_id: int, token: str, heartbeat_s: float = HEARTBEAT_S, world: World | None = None
+    service: JobService,
+    job_id: int,
+    token: str,
+    heartbeat_s: float = HEARTBEAT_S,
+    world: World | None = None,
+    idle_s: float = INFERENCE_IDLE_S,
 ) -> str:
     """Train the job to its end or to a stop request; returns the status it ended in (rank 0), or "rank"
     on the other ranks of a data-parallel job."""
     world = world or World()
     job = service.get(job_id)
+    if job.kind != "train":
+        return serve_inference(service, job_id, token, heartbeat_s, idle_s)
     if not world.is_main:
         run_dir = service.data_dir.run_dir(job_id)
         resume = bool(world.broadcast(None))
@@ -93,16 +103,68 @@ def run_claimed_job(
     return service.finish(job_id, token, outcome, error)
 
 
+def serve_inference(
+    service: JobService, job_id: int, token: str, heartbeat_s: float = HEARTBEAT_S, idle_s: float = INFERENCE_IDLE_S
+) -> str:
+    """Run the claimed inference job, then, while more come within `idle_s`, claim and run those too with
+    the models kept loaded (a labelling session's batches, the next Compare); returns the last status."""
+    from studio.compare import AdapterCache
+    from studio.inference import INFERENCE_KINDS, run_inference
+
+    adapters = AdapterCache(service.data_dir.models)
+    host = socket.gethostname()
+    status = ""
+    while True:
+        service.set_worker_process(job_id, token, host, os.getpid())
+        done = threading.Event()
+
+        def beat(job_id: int = job_id, token: str = token, done: threading.Event = done) -> None:
+            while not done.wait(heartbeat_s):
+                service.heartbeat(job_id, token)
+
+        heart = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        heart.start()
+        try:
+            run_inference(
+                service,
+                service.get(job_id),
+                lambda steps, job_id=job_id, token=token: service.heartbeat(job_id, token, iteration=steps),
+                adapters,
+            )
+            outcome, error = "done", None
+        except Exception as exc:
+            outcome, error = "error", "".join(traceback.format_exception(exc))[-4000:]
+            traceback.print_exc()
+        finally:
+            done.set()
+            heart.join()
+        status = service.finish(job_id, token, outcome, error)
+        print(f"job {job_id}: {status}", flush=True)
+        deadline = time.monotonic() + idle_s
+        claimed = None
+        while claimed is None and time.monotonic() < deadline:
+            claimed = service.claim(host, os.getpid(), kinds=INFERENCE_KINDS)
+            if claimed is None:
+                time.sleep(0.2)
+        if claimed is None:
+            return status
+        job_id, token = claimed[0].id, claimed[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run one claimed training job")
     parser.add_argument("--db-url", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--job-id", type=int, required=True)
     parser.add_argument("--token", required=True, help="the claim's lease token")
+    parser.add_argument(
+        "--idle-s", type=float, default=INFERENCE_IDLE_S, help="an inference process's wait for the next request"
+    )
     args = parser.parse_args(argv)
     world = init_from_environment()
     database = Database(args.db_url)
-    status = run_claimed_job(JobService(database, DataDir(args.data_dir)), args.job_id, args.token, world=world)
+    service = JobService(database, DataDir(args.data_dir))
+    status = run_claimed_job(service, args.job_id, args.token, world=world, idle_s=args.idle_s)
     if world.is_main:
         print(f"job {args.job_id}: {status}", flush=True)
     return 0

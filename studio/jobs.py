@@ -129,6 +129,43 @@ class JobService:
             session.flush()
             return [j.id for j in jobs]
 
+    def submit_task(self, kind: str, payload: dict[str, Any], name: str, steps: int) -> int:
+        """Queue an inference job (`studio.inference`) ahead of every training job; `steps`: the progress
+        its worker reports, as iterations."""
+        from studio.inference import INFERENCE_KINDS, INFERENCE_PRIORITY
+
+        if kind not in INFERENCE_KINDS:
+            raise JobError(f"kind: must be one of {', '.join(INFERENCE_KINDS)}, got {kind!r}")
+        with self.db.session() as session:
+            job = Job(
+                name=name,
+                kind=kind,
+                config=payload,
+                status=S.QUEUED,
+                priority=INFERENCE_PRIORITY,
+                attempts=0,
+                max_attempts=2,
+                iteration=0,
+                total_iterations=steps,
+                devices=1,
+            )
+            session.add(job)
+            session.flush()
+            return job.id
+
+    def queued_ahead(self, job: Job) -> int:
+        """Queued jobs a worker would take before `job`."""
+        with self.db.session() as session:
+            return (
+                session.scalar(
+                    select(func.count(Job.id)).where(
+                        Job.status == S.QUEUED,
+                        (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.id < job.id)),
+                    )
+                )
+                or 0
+            )
+
     def _transition(self, job_id: int, allowed: tuple[str, ...], new: str, **values: Any) -> None:
         with self.db.session() as session:
             result = session.execute(
@@ -171,12 +208,17 @@ class JobService:
             raise JobError(f"job {job_id}: no such job")
         return job
 
-    def list_jobs(self, limit: int = 100, offset: int = 0, status: str | None = None) -> list[JobView]:
-        """Newest first, with each job's latest reward and ETA, in two queries whatever the count."""
+    def list_jobs(
+        self, limit: int = 100, offset: int = 0, status: str | None = None, kind: str | None = "train"
+    ) -> list[JobView]:
+        """Newest first, with each job's latest reward and ETA, in two queries whatever the count; training
+        jobs only unless `kind` says otherwise (None: every kind, inference jobs included)."""
         with self.db.session() as session:
             query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
             if status:
                 query = query.where(Job.status == status)
+            if kind:
+                query = query.where(Job.kind == kind)
             jobs = list(session.scalars(query))
             latest = self._latest_values(session, [j.id for j in jobs], ("reward_mean", "wall_time_s"))
         return [self._view(j, latest.get(j.id, {})) for j in jobs]
@@ -216,7 +258,7 @@ class JobService:
         return JobView(
             job.id,
             job.name,
-            job.config.get("algorithm", "vgrpo"),
+            job.config.get("algorithm", "vgrpo") if job.kind == "train" else job.kind,
             job.status,
             job.priority,
             job.attempts,
@@ -297,9 +339,15 @@ class JobService:
 
     # --- the worker's side ------------------------------------------------------------------
 
-    def claim(self, host: str = "", pid: int | None = None, max_devices: int | None = None) -> tuple[Job, str] | None:
-        """Atomically take the highest-priority queued job that needs at most `max_devices` devices (any
-        when None); returns it and the lease token, or None.
+    def claim(
+        self,
+        host: str = "",
+        pid: int | None = None,
+        max_devices: int | None = None,
+        kinds: tuple[str, ...] | None = None,
+    ) -> tuple[Job, str] | None:
+        """Atomically take the highest-priority queued job of `kinds` (any when None) that needs at most
+        `max_devices` devices (any when None); returns it and the lease token, or None.
 
         The UPDATE only matches while the job is still queued, so of several claimers exactly one wins.
         """
@@ -308,6 +356,8 @@ class JobService:
                 query = select(Job.id).where(Job.status == S.QUEUED)
                 if max_devices is not None:
                     query = query.where(Job.devices <= max_devices)
+                if kinds is not None:
+                    query = query.where(Job.kind.in_(kinds))
                 candidate = session.scalar(query.order_by(Job.priority.desc(), Job.id).limit(1))
                 if candidate is None:
                     return None

@@ -17,20 +17,23 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from storage.labels import LabelStore, NewLabel
-from studio.compare import family_sampling
+from studio.compare import AdapterCache, AdapterLoader, family_sampling
 from studio.jobs import JobError, JobService
 from studio.reward_catalog import RewardCatalog, is_preference
 from trainer_core.image_grid import grid_cells
 from trainer_core.preference.artifact import PreferenceReward
 from trainer_core.preference.selection import all_pairs, uncertain_first
 from trainer_core.shapes.evaluation import generate_images
+
+if TYPE_CHECKING:
+    from studio.inference import Inference
 
 BASE = "base"
 SOURCES = ("seeds", "checkpoints", "job-samples")
@@ -97,12 +100,30 @@ class LabelSource:
             raise ValueError("guide: uncertain-first needs a fitted preference reward (pref:NAME) to predict with")
 
 
-class _Models:
-    """Adapters by checkpoint, loaded once per session."""
+def generate_with(
+    service: JobService,
+    checkpoint: str,
+    base_model: str,
+    prompts: list[str],
+    seeds: list[int],
+    adapters: AdapterLoader | None = None,
+) -> np.ndarray:
+    """Images of `checkpoint` ("base" or a checkpoint id), image i from prompts[i] and seeds[i]: what an
+    inference worker runs for a labelling session."""
+    _, _, lora_path = _Models(service).describe(checkpoint)
+    adapter = (adapters or AdapterCache(service.data_dir.models, size=1))(base_model, lora_path)
+    with torch.no_grad():
+        sampling = family_sampling(base_model, service.data_dir.models)
+        return generate_images(adapter, prompts, seeds, sampling)
 
-    def __init__(self, service: JobService) -> None:
+
+class _Models:
+    """The checkpoints of a session, described here, their images made by `inference` (a worker for the
+    web app, this process for the command line)."""
+
+    def __init__(self, service: JobService, inference: Inference | None = None) -> None:
         self.service = service
-        self.loaded: dict[str, object] = {}
+        self.inference = inference
 
     def describe(self, checkpoint: str) -> tuple[str, str | None, str | None]:
         """(what a person reads, base model name, LoRA path) of "base" or a checkpoint id."""
@@ -119,17 +140,11 @@ class _Models:
         return origin, job.config["model"]["name"], str(self.service.data_dir.inside(found[0].path))
 
     def generate(self, checkpoint: str, base_model: str, prompts: list[str], seeds: list[int]) -> np.ndarray:
-        from trainer_core.adapters import load_adapter
+        if self.inference is None:
+            from studio.inference import InlineInference
 
-        if checkpoint not in self.loaded:
-            _, _, lora_path = self.describe(checkpoint)
-            adapter = load_adapter(base_model, models_dir=self.service.data_dir.models)
-            if lora_path is not None:
-                adapter.load_lora(Path(lora_path))
-            self.loaded[checkpoint] = adapter
-        with torch.no_grad():
-            sampling = family_sampling(base_model, self.service.data_dir.models)
-            return generate_images(self.loaded[checkpoint], prompts, seeds, sampling)  # type: ignore[arg-type]
+            self.inference = InlineInference(self.service)
+        return self.inference.generate(checkpoint, base_model, prompts, seeds)
 
 
 class PairSampler:
@@ -141,10 +156,11 @@ class PairSampler:
         source: LabelSource,
         guide: PreferenceReward | None = None,
         prompts_per_batch: int = 4,
+        inference: Inference | None = None,
     ) -> None:
         self.service, self.source, self.guide = service, source, guide
         self.rng = random.Random(source.seed)
-        self.models = _Models(service)
+        self.models = _Models(service, inference)
         self.prompts_per_batch = prompts_per_batch
         self.next_seed = 1000 * source.seed
         origins = [self.models.describe(c) for c in {source.checkpoint_a, source.checkpoint_b}]

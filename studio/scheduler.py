@@ -25,7 +25,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from storage.data_dir import DataDir
 from storage.db import Database
+from storage.models import Job
 from studio.devices import DevicePool, parse_devices, visible_devices
+from studio.inference import INFERENCE_KINDS
 from studio.jobs import JobService
 from studio.launch import process_command
 
@@ -37,6 +39,7 @@ class _Running:
     process: subprocess.Popen
     token: str
     devices: list[str]
+    pool: DevicePool  # the one its devices go back to
 
 
 class JobScheduler:
@@ -49,9 +52,11 @@ class JobScheduler:
         stale_after_s: float = 30.0,
         devices: list[str] | None = None,
         jobs_per_device: int = 1,
+        inference_idle_s: float = 60.0,
     ) -> None:
         """`devices`: what `parse_devices` returns (default: every visible GPU, else one CPU slot per
-        `max_concurrent_jobs`); `max_concurrent_jobs`: a cap on jobs besides the devices (none)."""
+        `max_concurrent_jobs`); `max_concurrent_jobs`: a cap on jobs besides the devices (none);
+        `inference_idle_s`: how long an inference process keeps its models loaded waiting for the next request."""
         if max_concurrent_jobs is not None and max_concurrent_jobs < 1:
             raise ValueError(f"max_concurrent_jobs: must be at least 1, got {max_concurrent_jobs}")
         if devices is None:
@@ -62,7 +67,9 @@ class JobScheduler:
         self.service = JobService(Database(db_url), data_dir)
         self.max_concurrent_jobs = max_concurrent_jobs or len(devices) * jobs_per_device
         self.pool = DevicePool(devices, jobs_per_device)
-        self.poll_s, self.stale_after_s = poll_s, stale_after_s
+        # inference jobs (Compare, labelling) run beside training, one at a time per device
+        self.inference_pool = DevicePool(devices, 1)
+        self.poll_s, self.stale_after_s, self.inference_idle_s = poll_s, stale_after_s, inference_idle_s
         self.running: dict[int, _Running] = {}
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -78,28 +85,43 @@ class JobScheduler:
                 if code is None:
                     continue
                 del self.running[job_id]
-                self.pool.give_back(running.devices)
+                running.pool.give_back(running.devices)
                 # A process that ended without finishing its job (killed, crashed): requeue now.
                 status = self.service.finish(job_id, running.token, "error", f"job process exited with code {code}")
                 if status != "lost":
                     log.warning("job %s: process exited with code %s; job is now %s", job_id, code, status)
-            while len(self.running) < self.max_concurrent_jobs and self.pool.free():
-                claimed = self.service.claim(self.host, max_devices=self.pool.free())
+            while self.inference_pool.free():
+                claimed = self.service.claim(self.host, kinds=INFERENCE_KINDS)
                 if claimed is None:
                     break
-                job, token = claimed
-                devices = self.pool.take(job.devices)
-                self.running[job.id] = _Running(self._spawn(job.id, token, devices), token, devices)
-            self.service.register_worker(
-                self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, self.pool.free()
-            )
+                self._start(*claimed, self.inference_pool)
+            while self._training() < self.max_concurrent_jobs and self.pool.free():
+                claimed = self.service.claim(self.host, max_devices=self.pool.free(), kinds=("train",))
+                if claimed is None:
+                    break
+                self._start(*claimed, self.pool)
+            self._register()
+
+    def _training(self) -> int:
+        return sum(running.pool is self.pool for running in self.running.values())
+
+    def _start(self, job: Job, token: str, pool: DevicePool) -> None:
+        devices = pool.take(job.devices)
+        self.running[job.id] = _Running(self._spawn(job.id, token, devices), token, devices, pool)
+
+    def _register(self) -> None:
+        """Say in the database that this worker lives and what it offers (submit checks job sizes on it)."""
+        self.service.register_worker(
+            self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, self.pool.free()
+        )
 
     def _spawn(self, job_id: int, token: str, devices: list[str]) -> subprocess.Popen:
         run_dir = self.data_dir.run_dir(job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(run_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
         arguments = ["--db-url", self.db_url, "--data-dir", str(self.data_dir.root), "--job-id", str(job_id)]
-        command = process_command("studio.job_process", [*arguments, "--token", token], len(devices))
+        arguments += ["--token", token, "--idle-s", str(self.inference_idle_s)]
+        command = process_command("studio.job_process", arguments, len(devices))
         env = _child_env() | {"CUDA_VISIBLE_DEVICES": visible_devices(devices)}
         try:
             process = subprocess.Popen(
@@ -112,6 +134,7 @@ class JobScheduler:
 
     def start(self) -> JobScheduler:
         """Tick in the background until `shutdown()`."""
+        self._register()
         self._scheduler = BackgroundScheduler()
         self._scheduler.add_job(self.tick, "interval", seconds=self.poll_s, max_instances=1, coalesce=True)
         self._scheduler.start()
@@ -128,7 +151,7 @@ class JobScheduler:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.tick()
-            if not self.running and not self.service.list_jobs(limit=1, status="queued"):
+            if not self.running and not self.service.list_jobs(limit=1, status="queued", kind=None):
                 return True
             time.sleep(self.poll_s)
         return False

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -12,6 +13,7 @@ import pandas as pd
 
 from studio.api import BASE, ConfigError, JobError, Studio
 
+POLL_S = 0.5
 DEFAULT_PROMPTS = "a red circle\nthree blue squares\ntwo yellow triangles and a green circle"
 
 
@@ -56,12 +58,18 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
         latest = [value for _, value in choices[1:2]]
         return gr.update(choices=choices, value=[BASE, *latest])
 
-    def on_generate(chosen: list[str], text: str, n_seeds: float, with_heldout: bool) -> tuple[Any, ...]:
+    def on_generate(chosen: list[str], text: str, n_seeds: float, with_heldout: bool) -> Iterator[tuple[Any, ...]]:
+        """A worker generates (the web process loads no model); its progress shows until it is done."""
         lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
         try:
-            result = studio.compare(chosen or [], lines, list(range(int(n_seeds or 1))), 5 if with_heldout else 0)
+            job_id = studio.start_compare(chosen or [], lines, list(range(int(n_seeds or 1))), 5 if with_heldout else 0)
+            while (progress := studio.inference_progress(job_id)) is not None:
+                yield f"<span class='compare-progress'>⏳ {html.escape(progress)}</span>", gr.update(), None, None
+                time.sleep(POLL_S)
+            result = studio.compare_result(job_id)
         except (ConfigError, JobError, ValueError) as error:
-            return f"<span class='form-error'>⚠ {html.escape(str(error))}</span>", gr.update(), None, None
+            yield f"<span class='form-error'>⚠ {html.escape(str(error))}</span>", gr.update(), None, None
+            return
         items, rows = [], []
         for i in range(len(lines) * len(result.seeds)):
             prompt, seed = lines[i // len(result.seeds)], result.seeds[i % len(result.seeds)]
@@ -90,7 +98,7 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
         )
         # One row per prompt: for each seed, the checkpoints next to each other.
         columns = len(result.labels) * len(result.seeds)
-        return "", gr.update(value=items, columns=columns), pd.DataFrame(rows), table
+        yield "", gr.update(value=items, columns=columns), pd.DataFrame(rows), table
 
     refresh.click(on_refresh, None, checkpoints)
     prompt_set.change(lambda name: "\n".join(studio.prompt_set(name)) if name else gr.update(), prompt_set, prompts)

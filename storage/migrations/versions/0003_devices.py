@@ -1,4 +1,4 @@
-"""Devices as resources: what each job takes, and which workers offer how many.
+"""Devices as resources: what each job takes, and which workers offer how many; inference tasks as jobs.
 
 Revision ID: 0003
 Revises: 0002
@@ -17,6 +17,7 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as table:
         table.add_column(sa.Column("devices", sa.Integer, nullable=False, server_default="1"))
         table.add_column(sa.Column("worker_devices", sa.String(200)))
+        table.add_column(sa.Column("kind", sa.String(20), nullable=False, server_default="train"))
     op.create_table(
         "workers",
         sa.Column("id", sa.String(120), primary_key=True),
@@ -33,5 +34,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("workers")
     with op.batch_alter_table("jobs") as table:
+        table.drop_column("kind")
         table.drop_column("worker_devices")
         table.drop_column("devices")
