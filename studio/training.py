@@ -100,16 +100,18 @@ def run_training(
     models = (data_dir or DataDir()).models
     adapter = load_model(config.model, models)
     rewards = build_rewards(config, data_dir)
+    latest = world.broadcast(run.latest_checkpoint()) if resume else None
+    sharded = config.resources.fsdp and world.size > 1
+    if latest is not None and sharded:  # into whole weights, before the trainer shards them
+        adapter.load_lora(run.checkpoint_paths(latest)[0])
     trainer = make_trainer(adapter, rewards, config)
 
     start = 0
-    if resume:
-        latest = world.broadcast(run.latest_checkpoint())
-        if latest is not None:
-            lora_path, _ = run.checkpoint_paths(latest)
-            adapter.load_lora(lora_path)
-            trainer.load_state_dict(run.load_state(latest))
-            start = latest
+    if latest is not None:
+        if not sharded:
+            adapter.load_lora(run.checkpoint_paths(latest)[0])
+        trainer.load_state_dict(run.load_state(latest))
+        start = latest
     budget_s = 60.0 * config.time_budget_minutes
 
     def out_of_time(wall_s: float, step_s: float) -> bool:
@@ -127,13 +129,16 @@ def run_training(
     wall_offset, end = world.broadcast((wall_offset, end))  # type: ignore[misc]
 
     def checkpoint(iteration: int) -> Path:
+        """Rank 0 writes; with sharded weights every rank first helps gather them."""
         lora_path, _ = run.checkpoint_paths(iteration)
-        if not world.is_main:
+        if not (world.is_main or sharded):
             return lora_path
-        adapter.save_lora(lora_path, _lora_metadata(config, iteration))
-        run.save_state(iteration, trainer.state_dict())
-        if on_checkpoint:
-            on_checkpoint(iteration, lora_path)
+        adapter.save_lora(lora_path, _lora_metadata(config, iteration), write=world.is_main)
+        state = trainer.state_dict()
+        if world.is_main:
+            run.save_state(iteration, state)
+            if on_checkpoint:
+                on_checkpoint(iteration, lora_path)
         return lora_path
 
     interrupted = False
@@ -148,10 +153,11 @@ def run_training(
             last, stopping = world.broadcast((last, stopping))  # type: ignore[misc]
             if world.is_main:
                 run.append_metrics(metrics)
-                if config.logging.sample_every and (iteration % config.logging.sample_every == 0 or last):
-                    save_sample_grid(trainer, config, run.sample_path(iteration))
-                    if on_samples:
-                        on_samples(iteration, run.sample_path(iteration))
+            if config.logging.sample_every and (iteration % config.logging.sample_every == 0 or last):
+                if world.is_main or sharded:  # sharded weights: every rank takes part in the forward passes
+                    save_sample_grid(trainer, config, run.sample_path(iteration), write=world.is_main)
+                if on_samples and world.is_main:
+                    on_samples(iteration, run.sample_path(iteration))
             if iteration % config.logging.checkpoint_every == 0:
                 checkpoint(iteration)
             if on_iteration and world.is_main:
@@ -169,14 +175,15 @@ def run_training(
         if trainer.iteration % config.logging.checkpoint_every:
             checkpoint(trainer.iteration)
         final = run.checkpoints / "final.safetensors"
-        if world.is_main:
-            adapter.save_lora(final, _lora_metadata(config, trainer.iteration))
+        if world.is_main or sharded:
+            adapter.save_lora(final, _lora_metadata(config, trainer.iteration), write=world.is_main)
     return TrainingResult(trainer.iteration, interrupted, final)
 
 
 @torch.no_grad()
-def save_sample_grid(trainer: GroupTrainer, config: TrainConfig, path: Path) -> None:
-    """The fixed evaluation prompts x seeds, with the current LoRA, as one labelled PNG."""
+def save_sample_grid(trainer: GroupTrainer, config: TrainConfig, path: Path, write: bool = True) -> None:
+    """The fixed evaluation prompts x seeds, with the current LoRA, as one labelled PNG (made, not written,
+    by the ranks other than 0 of a job with sharded weights)."""
     adapter = trainer.adapter
     prompts = list(config.logging.sample_prompts)
     seeds = list(range(config.logging.sample_seeds))
@@ -185,7 +192,9 @@ def save_sample_grid(trainer: GroupTrainer, config: TrainConfig, path: Path) -> 
     latents = adapter.sample(
         embeddings, noise, config.rollout.steps, config.rollout.solver, config.rollout.guidance_scale
     )
-    save_grid(adapter.decode(latents), rows=len(prompts), out=path, scale=4, row_labels=prompts)
+    images = adapter.decode(latents)
+    if write:
+        save_grid(images, rows=len(prompts), out=path, scale=4, row_labels=prompts)
 
 
 def _lora_metadata(config: TrainConfig, iteration: int) -> dict[str, str]:

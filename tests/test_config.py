@@ -124,6 +124,10 @@ def test_resources_are_checked_by_field():
     with pytest.raises(ConfigError, match=r"resources\.devices: at most the prompt groups rolled out .*\(2\).*got 3"):
         from_dict(TrainConfig, {"rollout": {"prompts_per_iteration": 2}, "resources": {"devices": 3}})
     assert from_dict(TrainConfig, {"resources": {"devices": 2}}).resources.devices == 2
+    with pytest.raises(ConfigError, match=r"resources\.fsdp: .*needs devices >= 2"):
+        from_dict(TrainConfig, {"resources": {"fsdp": True}})
+    with pytest.raises(ConfigError, match=r"resources\.fsdp: needs rollout\.prompts_per_iteration \(3\)"):
+        from_dict(TrainConfig, {"rollout": {"prompts_per_iteration": 3}, "resources": {"devices": 2, "fsdp": True}})
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])

@@ -191,3 +191,23 @@ def test_two_workers_with_different_devices_share_one_postgres_queue(tmp_path, t
     assert jobs[0].worker_devices == "cpu:0,cpu:1"  # only the worker with two devices could take it
     assert [j.attempts for j in jobs] == [1, 1, 1]  # no job ran twice
     assert all(metric_rows(service, i) == [1, 2] for i in ids)
+
+
+@pytest.mark.slow
+def test_sharded_weights_train_the_same_lora_and_resume_from_a_gathered_checkpoint(tmp_path, tiny_model):
+    config = write_config(tmp_path, tiny_model)
+    (tmp_path / "fsdp").mkdir()
+    sharded_config = write_config(tmp_path / "fsdp", tiny_model, resources={"devices": 2, "fsdp": True})
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--config", str(config), "--out", str(one)]) == 0
+    # two iterations, a checkpoint at 2 (gathered from both shards), then resumed on sharded weights to 3
+    assert main(["train", "--config", str(sharded_config), "--out", str(two), "--iterations", "2"]) == 0
+    assert main(["train", "--out", str(two), "--resume", "--iterations", "3"]) == 0
+    lora_one = load_file(one / "checkpoints/final.safetensors")
+    lora_two = load_file(two / "checkpoints/final.safetensors")
+    for key in lora_one:
+        np.testing.assert_allclose(lora_two[key].numpy(), lora_one[key].numpy(), atol=1e-5, err_msg=key)
+    assert [r["iteration"] for r in read_rows(two)] == [1, 2, 3]
+    np.testing.assert_allclose(
+        [r["reward_mean"] for r in read_rows(two)], [r["reward_mean"] for r in read_rows(one)], rtol=1e-6
+    )

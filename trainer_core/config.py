@@ -305,11 +305,17 @@ class ResourcesConfig:
         the job trains data-parallel: each process rolls out, scores and trains on its share of the
         prompt groups (a group never spans processes) and the gradients are summed across them, so N
         processes compute what one does with the same config, up to float rounding (1).
+    fsdp: also shard the denoiser's weights across those processes (FSDP2, block by block), for a model
+        that does not fit one device with room for training; every process then takes part in every
+        forward pass, so the prompt groups must divide evenly and no candidate selection may run (false).
     """
 
     devices: int = 1
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
+        if self.fsdp and self.devices < 2:
+            raise ConfigError("resources.fsdp: shards the model across the job's processes; needs devices >= 2")
         if not isinstance(self.devices, int) or not 1 <= self.devices <= MAX_DEVICES:
             raise ConfigError(
                 f"resources.devices: must be a whole number from 1 to {MAX_DEVICES}, got {self.devices!r}"
@@ -357,6 +363,16 @@ class TrainConfig:
         if not isinstance(self.time_budget_minutes, int | float) or not self.time_budget_minutes >= 0:
             raise ConfigError(
                 f"time_budget_minutes: must be a non-negative number (0: no limit), got {self.time_budget_minutes!r}"
+            )
+        if self.resources.fsdp and (
+            self.rollout.prompts_per_iteration % self.resources.devices
+            or self.rollout.candidate_prompts
+            or self.rollout.drop_tied_groups
+        ):
+            raise ConfigError(
+                f"resources.fsdp: needs rollout.prompts_per_iteration ({self.rollout.prompts_per_iteration}) to be a "
+                f"multiple of resources.devices ({self.resources.devices}), and no candidate_prompts or "
+                "drop_tied_groups (every process must run the same forward passes)"
             )
         if self.rollout.prompts_rolled_out < self.resources.devices:
             raise ConfigError(

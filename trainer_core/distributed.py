@@ -15,6 +15,7 @@ exactly the code it ran before.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,3 +119,29 @@ def init_from_environment() -> World:
         else:
             dist.init_process_group("gloo")
     return World.current()
+
+
+#: denoiser modules that become FSDP units of their own: diffusers' UNet blocks (CrossAttnDownBlock2D,
+#: UpBlock2D, ...) and transformer blocks (BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock)
+FSDP_UNIT = re.compile(r"(Block|Block2D)$")
+
+
+def shard(denoiser: torch.nn.Module, world: World) -> None:
+    """Shard the denoiser's weights (frozen base and LoRA) across the ranks with FSDP2, block by block, so
+    a rank holds 1/N of them at rest and gathers one block at a time. FSDP averages the gradients over the
+    ranks (gloo has no pre-scaled sum), so the trainer scales its backward passes by N to get their sum."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if dist.get_backend() == "nccl" else "cpu", (world.size,))
+    units = [m for m in denoiser.modules() if m is not denoiser and FSDP_UNIT.search(type(m).__name__)]
+    for unit in reversed(units):  # innermost first, as nested FSDP units must be
+        fully_shard(unit, mesh=mesh)
+    fully_shard(denoiser, mesh=mesh)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole (a collective: every rank calls it), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor

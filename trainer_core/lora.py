@@ -196,10 +196,16 @@ def fused_lora(model: torch.nn.Module) -> Iterator[None]:
             del layer.forward
 
 
-def save_lora(model: torch.nn.Module, spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's adapter to `path` (.safetensors), atomically."""
-    state = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
-    write_lora(state, spec, path, metadata)
+def save_lora(
+    model: torch.nn.Module, spec: LoraSpec, path: Path, metadata: dict[str, str] | None = None, write: bool = True
+) -> None:
+    """Write the model's adapter to `path` (.safetensors), atomically. A sharded adapter is gathered first,
+    by every rank; only those told to `write` do."""
+    from trainer_core.distributed import full_tensor
+
+    state = {k: full_tensor(v) for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
+    if write:
+        write_lora(state, spec, path, metadata)
 
 
 def write_lora(

@@ -35,7 +35,7 @@ import torch
 from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
 from trainer_core.device_timing import DeviceIntervals
-from trainer_core.distributed import World
+from trainer_core.distributed import World, full_tensor, shard
 from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import SOLVER_NFE
 from trainer_core.vgrpo import VGRPOConfig, draw_pairs, elbo_surrogate, soft_clip, vgrpo_loss, within_group_cv
@@ -187,6 +187,12 @@ class GroupTrainer(ABC):
         torch.manual_seed(config.seed)
         if adapter.lora_spec is None:
             adapter.add_lora(config.lora)
+        #: the processes this training runs on; this rank's rows of the batch and the batch's image count
+        self.world = World.current()
+        self.batch_rows, self.batch_images = slice(None), 0
+        if config.resources.fsdp and self.world.size > 1 and not adapter.sharded:
+            shard(adapter.denoiser, self.world)  # before the optimiser: it holds the sharded parameters
+            adapter.sharded = True
         self.parameters = adapter.lora_parameters()
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(
@@ -195,9 +201,6 @@ class GroupTrainer(ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.prompts = PromptSource(config.rollout.prompts, config.seed)
         self.iteration = 0
-        #: the processes this training runs on; this rank's rows of the batch and the batch's image count
-        self.world = World.current()
-        self.batch_rows, self.batch_images = slice(None), 0
         self.backward_intervals = DeviceIntervals(adapter.device)  # device time in backward passes
         #: wait for the device before reading clocks (benchmarks on CUDA); costs overlap, so off in training
         self.synchronize = False
@@ -387,16 +390,18 @@ class GroupTrainer(ABC):
         return self.synchronize and self.adapter.device.type == "cuda"
 
     def backward(self, loss: torch.Tensor) -> None:
-        """loss.backward(), its device time reported as `backward_s`."""
+        """loss.backward(), its device time reported as `backward_s`. FSDP averages sharded weights' gradients
+        over the ranks: scaled by the rank count, the average is the sum the batch weighting needs."""
         with self.backward_intervals.interval():
-            loss.backward()
+            (loss * self.world.size if self.adapter.sharded else loss).backward()
 
     def optimizer_step(self) -> float:
         """Sum the accumulated gradient over the ranks, clip it, step AdamW; returns the gradient norm
         before clipping."""
         max_norm = self.config.optimizer.grad_clip if self.config.optimizer.grad_clip > 0 else math.inf
-        self.world.sum_gradients(self.parameters)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm))
+        if not self.adapter.sharded:  # FSDP has summed them already, into each rank's shard
+            self.world.sum_gradients(self.parameters)
+        grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)))
         self.optimizer.step()
         return grad_norm
 
@@ -414,7 +419,7 @@ class GroupTrainer(ABC):
         """Optimizer, iteration and random states (the LoRA weights are saved separately)."""
         return {
             "iteration": self.iteration,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "generator": self.generator.get_state(),
             "prompt_rng": self.prompts.rng.getstate(),  # a tuple of ints: loads with weights_only
             "prompt_deck": list(self.prompts.deck),
@@ -422,9 +427,28 @@ class GroupTrainer(ABC):
             "torch_rng": torch.get_rng_state(),
         }
 
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimiser's state; a sharded one gathered whole by every rank (by parameter name), so that a
+        checkpoint does not depend on how many processes wrote it."""
+        if not self.adapter.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.adapter.denoiser, self.optimizer, options=options)
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if not self.adapter.sharded:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(self.adapter.denoiser, self.optimizer, optim_state_dict=state, options=options)
+
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.iteration = int(state["iteration"])  # type: ignore[arg-type]
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self._load_optimizer_state(state["optimizer"])  # type: ignore[arg-type]
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
         self.prompts.rng.setstate(state["prompt_rng"])  # type: ignore[arg-type]
         self.prompts.deck = list(state.get("prompt_deck", []))  # type: ignore[call-overload]

@@ -131,6 +131,8 @@ class DenoiserAdapter(ABC):
     default_guidance: float = 1.0
     lora_spec: lora.LoraSpec | None = None
     memory: MemoryOptions = MemoryOptions()
+    #: the denoiser's weights are sharded across processes (`trainer_core.distributed.shard`)
+    sharded: bool = False
 
     @property
     @abstractmethod
@@ -272,10 +274,11 @@ class DenoiserAdapter(ABC):
     def lora_parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.denoiser.named_parameters() if "lora_" in n and p.requires_grad]
 
-    def save_lora(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+    def save_lora(self, path: Path, metadata: dict[str, str] | None = None, write: bool = True) -> None:
+        """Write the adapter to `path`; a sharded one is gathered by every rank, written by those told to."""
         if self.lora_spec is None:
             raise RuntimeError("save_lora: this model has no LoRA adapter")
-        lora.save_lora(self.denoiser, self.lora_spec, path, metadata)
+        lora.save_lora(self.denoiser, self.lora_spec, path, metadata, write)
 
     def load_lora(self, path: Path) -> None:
         """Load an adapter file: into the existing adapter if there is one, else as a new one."""
@@ -293,6 +296,7 @@ class DenoiserAdapter(ABC):
         Elsewhere (bf16, where a small update would round away, or dropout) the adapter stays apart."""
         fold = (
             self.lora_spec is not None
+            and not self.sharded  # a rank holds a shard of each weight: nothing whole to fold into
             and self.lora_spec.dropout == 0
             and self.dtype == torch.float32
             and not torch.is_autocast_enabled(self.device.type)
