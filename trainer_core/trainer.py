@@ -257,8 +257,7 @@ class GroupTrainer(ABC):
         started = time.perf_counter()
         group_size = cfg.rollout.group_size
         prompts = self.prompts.draw(cfg.rollout.prompts_rolled_out)  # the whole batch's, on every rank
-        self.batch_rows = self.world.rows(len(prompts), group_size)
-        self.batch_images = rolled_out = len(prompts) * group_size
+        rolled_out = len(prompts) * group_size
         with _timed(times, "rollout_s", self.cuda_sync):
             generation, trace = self.generate(prompts)  # this rank's groups
         batch = None
@@ -362,8 +361,10 @@ class GroupTrainer(ABC):
     def expand_prompts(self, prompts: list[str]) -> tuple[PromptEmbeddings, list[str], torch.Tensor]:
         """Embeddings and prompts repeated G times, and the rollouts' initial noise, of this rank's groups
         of the batch `prompts` (the noise is drawn for the whole batch, so every rank's stream stays the
-        same)."""
+        same). A new batch: this rank's rows of it are set here."""
         group_size = self.config.rollout.group_size
+        self.batch_rows = self.world.rows(len(prompts), group_size)
+        self.batch_images = len(prompts) * group_size
         if self.config.rollout.shared_noise:
             group_noise = torch.randn(group_size, *self.adapter.latent_shape, generator=self.generator)
             noise = group_noise.repeat(len(prompts), *[1] * len(self.adapter.latent_shape))
