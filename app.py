@@ -7,10 +7,11 @@ process, so nothing the UI does waits on training and a crashing job never takes
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from storage.data_dir import DataDir
+from studio.logs import LEVELS
+from studio.logs import configure as configure_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--jobs-per-device", type=int, default=1, help="jobs that may share one device (default 1)")
     parser.add_argument("--max-concurrent-jobs", type=int, help="a cap on jobs run at once besides the devices")
+    parser.add_argument("--log-level", default="warning", choices=LEVELS, help="what the terminal shows (warning)")
     args = parser.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not all(args.auth.split(":", 1))):
         parser.error("--auth: expected user:password")
@@ -46,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     from studio.api import Studio
     from studio.scheduler import JobScheduler
     from ui.app import CSS, HEAD, build_app

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -22,6 +19,7 @@ from sqlalchemy import delete, func, select
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import PreferenceLabel
+from trainer_core.files import write_atomic
 
 CHOICES = ("a", "b", "tie")
 
@@ -83,20 +81,6 @@ def image_digest(image: np.ndarray) -> str:
     return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 class LabelStore:
     def __init__(self, database: Database, data_dir: DataDir) -> None:
         self.db, self.data_dir = database, data_dir
@@ -112,7 +96,7 @@ class LabelStore:
         if not path.is_file():
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, format="PNG")
-            _atomic_write(path, buffer.getvalue())
+            write_atomic(path, buffer.getvalue())
         return self.data_dir.relative(path)
 
     def load_image(self, relative: str) -> np.ndarray:

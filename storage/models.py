@@ -56,7 +56,6 @@ class Job(Base):
     iteration: Mapped[int] = mapped_column(Integer, default=0)  # iterations done
     total_iterations: Mapped[int] = mapped_column(Integer, default=0)
     last_checkpoint: Mapped[str | None] = mapped_column(String(500))  # relative to the data directory
-    run_dir: Mapped[str | None] = mapped_column(String(500))  # relative to the data directory
     devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # the config's resources.devices
     worker_devices: Mapped[str | None] = mapped_column(String(200))  # what its worker gave it: "cuda:0,cuda:1"
     # train, or a short inference task run by a worker for the web app (compare, generate)
@@ -100,7 +99,6 @@ class Sample(Base):
     prompt: Mapped[str] = mapped_column(String(500))
     seed: Mapped[int] = mapped_column(Integer)
     image_path: Mapped[str] = mapped_column(String(500))  # relative to the data directory
-    scores: Mapped[dict] = mapped_column(JSON, default=dict)  # reward name -> score
 
 
 class Checkpoint(Base):
@@ -111,7 +109,6 @@ class Checkpoint(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     iteration: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(500))  # relative to the data directory
-    evaluation: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

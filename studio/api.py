@@ -54,7 +54,7 @@ from trainer_core.rewards.base import RewardModelConfig
 from trainer_core.rewards.registry import reward_specs
 from trainer_core.samplers import SOLVERS
 
-DEFAULT_PRESET = "shapes-smoke"
+DEFAULT_PRESET = "shapes-quickstart"
 MAX_LABEL_SESSIONS = 16  # open labelling sessions kept; the oldest is closed beyond this
 __all__ = [
     "BASE",
@@ -274,7 +274,7 @@ class Studio:
 
     @staticmethod
     def prompt_set(name: str) -> list[str]:
-        from studio.bench.speed import heldout_subset
+        from trainer_core.shapes.prompt_sets import heldout_subset
 
         if name not in Studio.prompt_sets():
             raise ValueError(f"prompt set: unknown {name!r}; allowed: {', '.join(Studio.prompt_sets())}")

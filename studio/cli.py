@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.logs import quiet_libraries
+
 if TYPE_CHECKING:
     from studio.jobs import JobService, JobView
 
@@ -207,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--devices", help="cpu, cpu:N, cuda, cuda:0,1,... (default: every visible GPU, else cpu)")
     worker.add_argument("--jobs-per-device", type=int, default=1, help="jobs that may share one device (default 1)")
     worker.add_argument("--max-concurrent-jobs", type=int, help="a cap on jobs run at once besides the devices")
+    worker.add_argument("--log-level", default="warning", help="debug, info, warning or error (warning)")
     worker.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls")
     worker.add_argument("--stale-after", type=float, default=30.0, help="seconds without heartbeat before requeue")
 
@@ -655,7 +658,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     service = _job_service(args)
     from studio.devices import parse_devices
+    from studio.logs import configure
 
+    configure(args.log_level)
     devices = parse_devices(args.devices) if args.devices else None
     scheduler = JobScheduler(
         service.db.url,
@@ -759,20 +764,9 @@ COMMANDS = {
 }
 
 
-def _quiet_libraries() -> None:
-    """Library loading bars and backend notices would bury the command's own progress."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         COMMANDS[args.command](args)
     except (CliError, ValueError, FileNotFoundError, FileExistsError) as error:

@@ -93,7 +93,7 @@ def compare_checkpoints(
     sampling = sampling or family_sampling(base_model, service.data_dir.models)
     specs = None
     if heldout_per_category:
-        from studio.bench.speed import heldout_subset
+        from trainer_core.shapes.prompt_sets import heldout_subset
 
         specs = heldout_subset(heldout_per_category)
     result = CompareResult([], prompts, seeds, [], [], [])

@@ -27,6 +27,7 @@ import numpy as np
 from storage.models import Job, JobStatus
 from studio.compare import BASE, AdapterLoader, CompareResult, compare_checkpoints, resolve_checkpoint
 from studio.jobs import JobError, JobService
+from trainer_core.files import atomic_path, write_atomic
 
 INFERENCE_KINDS = ("compare", "generate")
 #: ahead of every training job in the queue
@@ -93,10 +94,9 @@ def run_inference(
 
 def _write(out: Path, result: dict[str, Any], images: list[np.ndarray]) -> None:
     """The images first, the result last: a result file means the job's output is whole."""
-    partial = out / "images.partial.npz"
-    np.savez(partial, *images)
-    partial.replace(out / IMAGES)
-    (out / RESULT).write_text(json.dumps(result))
+    with atomic_path(out / IMAGES) as partial:
+        np.savez(partial, *images)
+    write_atomic(out / RESULT, json.dumps(result))
 
 
 def _read(service: JobService, job_id: int) -> tuple[dict[str, Any], list[np.ndarray]]:

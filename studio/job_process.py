@@ -26,6 +26,7 @@ from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import JobStatus
 from studio.jobs import JobService
+from studio.logs import quiet_libraries
 from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.config import TrainConfig, from_dict
@@ -34,6 +35,17 @@ from trainer_core.distributed import World, init_from_environment
 HEARTBEAT_S = 2.0
 #: how long an inference process waits for the next request, its models loaded, before it ends
 INFERENCE_IDLE_S = 60.0
+
+
+def progress_line(metrics: dict[str, float], total: int) -> str:
+    """One iteration as the log tail shows it: where the run is, its reward, its pace, when it ends."""
+    iteration = int(metrics["iteration"])
+    per_iteration = metrics["wall_time_s"] / max(iteration, 1)  # includes sample grids and checkpoints
+    eta = per_iteration * max(total - iteration, 0)
+    return (
+        f"iteration {iteration}/{total} · reward {metrics['reward_mean']:.3f} · "
+        f"{metrics['iteration_s']:.1f} s/it · ETA {eta // 60:.0f} min {eta % 60:02.0f} s"
+    )
 
 
 def run_claimed_job(
@@ -66,6 +78,7 @@ def run_claimed_job(
                 stop.set()
 
     def on_iteration(metrics: dict[str, float]) -> None:
+        print(progress_line(metrics, job.total_iterations), flush=True)  # the Jobs tab's log tail
         if not service.record_iteration(job_id, token, metrics):
             stop.set()  # another worker owns the job now: write nothing more
 
@@ -161,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "--idle-s", type=float, default=INFERENCE_IDLE_S, help="an inference process's wait for the next request"
     )
     args = parser.parse_args(argv)
+    quiet_libraries()
     world = init_from_environment()
     database = Database(args.db_url)
     service = JobService(database, DataDir(args.data_dir))

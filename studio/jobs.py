@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -271,15 +271,6 @@ class JobService:
             job.last_checkpoint,
         )
 
-    def latest_metric(self, job_id: int, name: str) -> float | None:
-        with self.db.session() as session:
-            return session.scalar(
-                select(Metric.value)
-                .where(Metric.job_id == job_id, Metric.name == name)
-                .order_by(Metric.iteration.desc())
-                .limit(1)
-            )
-
     def metrics(self, job_id: int, names: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
         """name -> [(iteration, value)] in iteration order."""
         with self.db.session() as session:
@@ -477,33 +468,42 @@ class JobService:
         with self.db.session() as session:
             session.execute(delete(Sample).where(Sample.job_id == job_id, Sample.iteration == iteration))
             session.add_all(
-                Sample(job_id=job_id, iteration=iteration, prompt=p, seed=s, image_path=relative, scores={})
+                Sample(job_id=job_id, iteration=iteration, prompt=p, seed=s, image_path=relative)
                 for p in prompts
                 for s in seeds
             )
 
     def finish(self, job_id: int, token: str, outcome: str, error: str | None = None) -> str:
-        """End a claimed job: done, stopped (-> cancelled or paused as requested) or error (-> queued
-        again while attempts remain, else failed). Returns the status it ended in."""
+        """End a claimed job: done; stopped (-> cancelled or paused as requested); error (-> cancelled or
+        paused when that was requested meanwhile, else queued again while attempts remain, else failed).
+        Returns the status it ended in, or "lost" when the job is no longer this claim's.
+
+        One conditional UPDATE decides from the row as it is at that moment, so a cancel or pause that
+        lands while the job ends is never overwritten."""
+        if outcome not in ("done", "stopped", "error"):
+            raise ValueError(f"outcome: must be done, stopped or error, got {outcome!r}")
+        requested = ((Job.status == S.CANCELLING, S.CANCELLED), (Job.status == S.PAUSING, S.PAUSED))
+        if outcome == "done":
+            status: Any = literal(S.DONE)
+        elif outcome == "stopped":
+            status = case(requested[1], else_=literal(S.CANCELLED))
+        else:
+            status = case(*requested, (Job.attempts < Job.max_attempts, S.QUEUED), else_=literal(S.FAILED))
+        values: dict[str, Any] = {
+            "status": status,
+            "worker_id": None,
+            "worker_pid": None,
+            "finished_at": case((status.in_(S.FINAL), utcnow()), else_=Job.finished_at),
+        }
+        if outcome == "error":
+            values["error"] = error
+        if outcome == "done":  # a run that ended on its time budget is complete at the iteration it reached
+            values["total_iterations"] = Job.iteration
         with self.db.session() as session:
-            job = session.get(Job, job_id)
-            if job is None or job.worker_id != token:
-                return "lost"
-            if outcome == "done":
-                status = S.DONE
-            elif outcome == "stopped":
-                status = S.PAUSED if job.status == S.PAUSING else S.CANCELLED
-            elif job.attempts < job.max_attempts:
-                status = S.QUEUED
-            else:
-                status = S.FAILED
-            job.status = status
-            job.error = error if outcome == "error" else job.error
-            job.worker_id = None
-            job.worker_pid = None
-            if status in S.FINAL:
-                job.finished_at = utcnow()
-            return status
+            ended = session.execute(
+                update(Job).where(Job.id == job_id, Job.worker_id == token).values(**values).returning(Job.status)
+            ).scalar_one_or_none()
+        return ended or "lost"
 
     def requeue_stale(self, timeout_s: float) -> list[int]:
         """Jobs whose worker stopped heartbeating (killed, machine restarted): back to the queue to

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from trainer_core.files import atomic_path, write_atomic
+
 _CHECKPOINT = re.compile(r"^iter_(\d{6})\.safetensors$")
 
 
@@ -31,7 +33,7 @@ class RunDirectory:
     def create(self, config_yaml: str) -> None:
         for folder in (self.root, self.samples, self.checkpoints):
             folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.config_path, config_yaml.encode())
+        write_atomic(self.config_path, config_yaml.encode())
 
     def exists(self) -> bool:
         return self.config_path.is_file()
@@ -58,7 +60,7 @@ class RunDirectory:
     def truncate_metrics(self, last_iteration: int) -> None:
         """Keep only iterations 1..last_iteration, so a resume neither skips nor repeats one."""
         rows = [r for r in self.read_metrics() if r["iteration"] <= last_iteration]
-        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -76,19 +78,11 @@ class RunDirectory:
         return max(found, default=None)
 
     def save_state(self, iteration: int, state: dict[str, object]) -> None:
-        path = self.checkpoint_paths(iteration)[1]
-        partial = path.with_suffix(".partial")
-        torch.save(state, partial)
-        partial.replace(path)
+        with atomic_path(self.checkpoint_paths(iteration)[1]) as partial:
+            torch.save(state, partial)
 
     def load_state(self, iteration: int) -> dict[str, object]:
         return torch.load(self.checkpoint_paths(iteration)[1], weights_only=True)
 
     def sample_path(self, iteration: int) -> Path:
         return self.samples / f"iter_{iteration:06d}.png"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)

@@ -12,7 +12,6 @@ import studio.bench.speed as speed_module
 from studio.bench.speed import (
     Snapshot,
     first_reaching,
-    heldout_subset,
     judge_target,
     method_configs,
     resumable_runs,
@@ -26,6 +25,7 @@ from studio.bench.speed import (
 from studio.cli import main
 from trainer_core.config import MixGRPOConfig, RolloutConfig, dump_config, load_preset
 from trainer_core.shapes.grammar import CATEGORIES
+from trainer_core.shapes.prompt_sets import heldout_subset
 
 
 def test_heldout_subset_is_stratified():

@@ -147,3 +147,50 @@ def test_the_data_directory_refuses_paths_outside_it(tmp_path):
     for bad in ("../outside", "/etc/passwd", "runs/../../x"):
         with pytest.raises(ValueError, match="outside the data directory"):
             data.inside(bad)
+
+
+@pytest.mark.parametrize(
+    ("request_", "outcome", "expected"),
+    [
+        ("cancel", "error", JobStatus.CANCELLED),  # not requeued: the person asked for it to stop
+        ("pause", "error", JobStatus.PAUSED),
+        ("cancel", "stopped", JobStatus.CANCELLED),
+        ("pause", "stopped", JobStatus.PAUSED),
+        ("cancel", "done", JobStatus.DONE),
+    ],
+)
+def test_a_request_that_lands_before_a_job_ends_decides_how_it_ends(service, request_, outcome, expected):
+    job_id = service.submit(smoke())
+    _, token = service.claim("host")
+    getattr(service, request_)(job_id)
+    assert service.finish(job_id, token, outcome, "boom") == expected
+    job = service.get(job_id)
+    assert (job.status, job.worker_id) == (expected, None)
+    assert (job.finished_at is not None) == (expected in JobStatus.FINAL)
+    assert service.finish(job_id, token, "error") == "lost"  # ended once
+
+
+def test_a_cancel_racing_the_end_of_a_failed_attempt_is_never_lost(service):
+    """Two threads: one ends an attempt with an error (-> requeue), one cancels. In any order the job ends
+    cancelled; a finish that read the row, then wrote it, would requeue it when the cancel fell between."""
+    import threading
+
+    for _ in range(25):
+        job_id = service.submit(smoke())
+        _, token = service.claim("host")
+        start = threading.Barrier(2)
+
+        def end(job_id: int = job_id, token: str = token, start: threading.Barrier = start) -> None:
+            start.wait()
+            service.finish(job_id, token, "error", "boom")
+
+        def cancel(job_id: int = job_id, start: threading.Barrier = start) -> None:
+            start.wait()
+            service.cancel(job_id)
+
+        threads = [threading.Thread(target=end), threading.Thread(target=cancel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert service.get(job_id).status == JobStatus.CANCELLED

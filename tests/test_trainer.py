@@ -12,10 +12,11 @@ from trainer_core.adapters import load_adapter
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import FlowGRPOConfig, LoggingConfig, OptimizerConfig, RolloutConfig
 from trainer_core.lora import read_lora
+from trainer_core.prompt_source import PromptSource
 from trainer_core.rewards.base import Reward, RewardMix, RewardMixConfig
 from trainer_core.rewards.builtin import builtin_rewards
 from trainer_core.shapes.grammar import CATEGORIES, parse_prompt
-from trainer_core.trainer import PromptSource, VGRPOTrainer
+from trainer_core.trainer import VGRPOTrainer
 from trainer_core.vgrpo import VGRPOConfig
 
 

@@ -23,6 +23,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from trainer_core.files import atomic_path
+
 LORA_FORMAT = "vgrpo-lora/1"
 ADAPTER_NAME = "default"
 
@@ -222,11 +224,8 @@ def write_lora(
         "target_modules": json.dumps(list(spec.target_modules)),
         **(metadata or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
-    save_file(state, str(partial), metadata=header)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        save_file(state, str(partial), metadata=header)
 
 
 def read_lora(path: Path) -> tuple[LoraSpec, dict[str, torch.Tensor], dict[str, str]]:

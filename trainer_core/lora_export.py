@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from trainer_core.adapters.family import ModelFamily
+from trainer_core.files import atomic_path
 from trainer_core.lora import LoraSpec, read_lora
 
 FORMATS = ("kohya", "diffusers")
@@ -147,8 +148,6 @@ def export_lora(
         header["lora_adapter_metadata"] = json.dumps(
             {f"{family.denoiser_component}.{key}": value for key, value in adapter.items()}
         )
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_suffix(destination.suffix + ".partial")
-    save_file(state, str(partial), metadata=header)
-    partial.replace(destination)
+    with atomic_path(destination) as partial:
+        save_file(state, str(partial), metadata=header)
     return header

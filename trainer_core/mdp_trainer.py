@@ -1,4 +1,4 @@
-"""The MDP-based baselines: Flow-GRPO and MixGRPO (METHOD.md section 8).
+"""The MDP-based baselines: Flow-GRPO and MixGRPO (docs/method.md §8).
 
 They share everything with V-GRPO but the likelihood: rollouts run the SDE of `trainer_core.sde`
 (MixGRPO: only inside a sliding window of steps, the ODE elsewhere), every stochastic step

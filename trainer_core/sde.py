@@ -1,4 +1,4 @@
-"""The stochastic sampler MDP-based baselines need (Flow-GRPO, MixGRPO): METHOD.md section 8.
+"""The stochastic sampler MDP-based baselines need (Flow-GRPO, MixGRPO): docs/method.md §8.
 
 The probability-flow ODE dz = v dt is turned into an SDE with the same marginals,
 

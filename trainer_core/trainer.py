@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
 from trainer_core.device_timing import DeviceIntervals
 from trainer_core.distributed import World, full_tensor, shard
+from trainer_core.prompt_source import PromptSource
 from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import SOLVER_NFE
 from trainer_core.vgrpo import VGRPOConfig, draw_pairs, elbo_surrogate, soft_clip, vgrpo_loss, within_group_cv
@@ -78,102 +78,6 @@ NO_ADVANTAGES = torch.empty(0)
 
 #: a group whose reward spread is below this counts as tied (every image scored the same)
 TIE_SPREAD = 1e-6
-
-
-class PromptSource:
-    """Prompts for rollouts: the shapes grammar's training sampler, or the lines of a file.
-
-    "train" draws each prompt's category uniformly; "train-balanced" deals categories from shuffled
-    decks of all of them, so every window of len(CATEGORIES) prompts covers each category once and
-    an iteration's gradient is not dominated by whichever categories it happened to draw;
-    "train-adaptive" draws categories in proportion to a moving average of how much their groups'
-    rewards spread (`observe`), so rollouts go where the policy still errs some of the time instead
-    of to categories it always gets right (or always wrong), where every image ties and teaches
-    nothing. A share ADAPTIVE_UNIFORM of the draws stays uniform, so no category is dropped.
-    "train-counterfactual" draws prompts in pairs: a "train" prompt, then its counterfactual
-    (`counterfactual_spec`: the same scene but another count, the opposite relation, the colours
-    swapped, ...), so that with shared rollout noise the same layout is judged under both.
-    """
-
-    SPECS = ("train", "train-balanced", "train-adaptive", "train-counterfactual")
-    #: "train-adaptive": weight of the old average when a category's new groups are observed
-    ADAPTIVE_DECAY = 0.9
-    #: "train-adaptive": share of the category probabilities spread uniformly
-    ADAPTIVE_UNIFORM = 0.2
-
-    def __init__(self, spec: str, seed: int) -> None:
-        self.spec = spec
-        self.rng = random.Random(seed)
-        self.lines: list[str] | None = None
-        self.deck: list[str] = []  # categories still to deal, "train-balanced" only
-        #: "train-adaptive": moving average of each category's group reward spread, once seen
-        self.category_spread: dict[str, float] = {}
-        self.drawn_categories: list[str] = []  # of the last draw, for `observe`
-        if spec not in self.SPECS:
-            from pathlib import Path
-
-            path = Path(spec)
-            if not path.is_file():
-                raise ValueError(
-                    f"rollout.prompts: {spec!r} is neither one of {', '.join(self.SPECS)} nor an existing prompts file"
-                )
-            self.lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            if not self.lines:
-                raise ValueError(f"rollout.prompts: {spec} holds no prompts")
-
-    def draw(self, n: int) -> list[str]:
-        if self.lines is not None:
-            return [self.rng.choice(self.lines) for _ in range(n)]
-        from trainer_core.shapes.grammar import CATEGORIES, counterfactual_spec, sample_spec
-
-        if self.spec == "train":
-            return [sample_spec(self.rng).prompt for _ in range(n)]
-        if self.spec == "train-counterfactual":
-            prompts = []
-            while len(prompts) < n:
-                spec = sample_spec(self.rng)
-                prompts += [spec.prompt, counterfactual_spec(self.rng, spec).prompt]
-            return prompts[:n]
-        if self.spec == "train-adaptive":
-            self.drawn_categories = self.rng.choices(CATEGORIES, self.category_probabilities(), k=n)
-            return [sample_spec(self.rng, category).prompt for category in self.drawn_categories]
-        prompts = []
-        for _ in range(n):
-            if not self.deck:
-                self.deck = self.rng.sample(CATEGORIES, len(CATEGORIES))
-            prompts.append(sample_spec(self.rng, self.deck.pop()).prompt)
-        return prompts
-
-    def category_probabilities(self) -> list[float]:
-        """Under "train-adaptive", the probability of each of CATEGORIES in the next draw."""
-        from trainer_core.shapes.grammar import CATEGORIES
-
-        seen = self.category_spread
-        default = float(np.mean(list(seen.values()))) if seen else 1.0  # unseen: as the average seen one
-        spreads = np.array([seen.get(c, default) for c in CATEGORIES])
-        total = float(spreads.sum())
-        share = spreads / total if total > 0 else np.full(len(CATEGORIES), 1 / len(CATEGORIES))
-        return [float(p) for p in (1 - self.ADAPTIVE_UNIFORM) * share + self.ADAPTIVE_UNIFORM / len(CATEGORIES)]
-
-    def diagnostics(self) -> dict[str, float]:
-        """Under "train-adaptive", the next draw's probability of each category, as `prompt_share_<category>`."""
-        if self.spec != "train-adaptive":
-            return {}
-        from trainer_core.shapes.grammar import CATEGORIES
-
-        return {f"prompt_share_{c}": p for c, p in zip(CATEGORIES, self.category_probabilities(), strict=True)}
-
-    def observe(self, spread: np.ndarray) -> None:
-        """The reward spread of each group of the last draw, in draw order ("train-adaptive" learns from it)."""
-        if self.spec != "train-adaptive":
-            return
-        by_category: dict[str, list[float]] = {}
-        for category, value in zip(self.drawn_categories, spread, strict=True):
-            by_category.setdefault(category, []).append(float(value))
-        for category, values in by_category.items():
-            old, new = self.category_spread.get(category), float(np.mean(values))
-            decay = self.ADAPTIVE_DECAY
-            self.category_spread[category] = new if old is None else decay * old + (1 - decay) * new
 
 
 class GroupTrainer(ABC):
@@ -458,7 +362,7 @@ class GroupTrainer(ABC):
 
 
 class VGRPOTrainer(GroupTrainer):
-    """V-GRPO: deterministic ODE rollouts, one ELBO-surrogate ratio per image (METHOD.md sections 3-6).
+    """V-GRPO: deterministic ODE rollouts, one ELBO-surrogate ratio per image (docs/method.md §3-6).
 
     With `algorithm: naive-elbo` the same loop runs the FPO-like ablation: independent uniform
     pairs, v-MSE, no normaliser (see `algorithm_vgrpo_config`).
@@ -616,7 +520,7 @@ class VGRPOTrainer(GroupTrainer):
 
 def algorithm_vgrpo_config(config: TrainConfig) -> VGRPOConfig:
     """The V-GRPO settings the run uses: `config.vgrpo`, or for `naive-elbo` the same with every
-    variance reduction off and the plain v-MSE (the FPO-like ablation, METHOD.md section 8)."""
+    variance reduction off and the plain v-MSE (the FPO-like ablation, docs/method.md §8)."""
     if config.algorithm == "naive-elbo":
         return dataclasses.replace(
             config.vgrpo, pair_sharing="none", stratified=False, parameterisation="v", adaptive_weighting=False

@@ -1,8 +1,8 @@
 """V-GRPO: GRPO with an ELBO surrogate for the log-likelihood of a whole image.
 
 Read top to bottom: the (t, eps) pairs and their variance reductions, the
-surrogate s_i, the group advantages, the clipped objective. METHOD.md
-sections 3-5 give the formulas; the names below are the method's own words.
+surrogate s_i, the group advantages, the clipped objective. docs/method.md
+§3-5 give the formulas; the names below are the method's own words.
 
 Shapes: B images in n_groups groups of G, each with N_MC pairs; latents are
 [B, C, H, W].

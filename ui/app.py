@@ -5,9 +5,9 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.api import Studio
-from ui import compare_tab, export_tab, jobs_tab, label_tab, train_tab
+from ui import compare_tab, export_tab, jobs_tab, label_tab, messages, train_tab
 
-CSS = ".form-error { color: #b42318; font-weight: 600; }\n" + label_tab.CSS
+CSS = messages.CSS + label_tab.CSS + compare_tab.CSS
 HEAD = label_tab.KEYBOARD_SCRIPT
 
 
@@ -19,8 +19,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Train", id="train") as train:
                 form = train_tab.build(studio)
-            with gr.Tab("Jobs", id="jobs"):
-                jobs_tab.build(studio, form)
+            with gr.Tab("Jobs", id="jobs") as jobs:
+                jobs_opened, jobs_charts = jobs_tab.build(studio, form)
             with gr.Tab("Compare", id="compare") as compare:
                 compare_refresh, compare_checkpoints = compare_tab.build(studio)
             with gr.Tab("Export", id="export") as export:
@@ -28,6 +28,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Tab("Label", id="label") as label:
                 label_refresh, label_outputs = label_tab.build(studio)
         # Opening a tab lists the checkpoints written since the page loaded.
+        jobs.select(jobs_opened, None, jobs_charts)
         compare.select(compare_refresh, None, compare_checkpoints)
         export.select(export_refresh, None, export_checkpoint)
         label.select(label_refresh, None, label_outputs)

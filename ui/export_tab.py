@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from studio.api import JobError, Studio
+from ui.messages import error_html
 
 WHICH_FORMAT = """\
 | Base model | ComfyUI | AUTOMATIC1111 | diffusers `load_lora_weights` |
@@ -51,7 +52,7 @@ def build(studio: Studio) -> tuple[Callable[[], Any], gr.Dropdown]:
         try:
             path = studio.export(chosen or "", fmt_value, file_name or "")
         except (JobError, ValueError) as error:
-            return f"<span class='form-error'>⚠ {html.escape(str(error))}</span>", gr.update(visible=False)
+            return error_html(error), gr.update(visible=False)
         message = f"✓ Wrote {path.name}: load it at strength 1.0"
         return f"<span id='export-ok'>{html.escape(message)}</span>", gr.update(value=str(path), visible=True)
 

@@ -10,8 +10,12 @@ import gradio as gr
 import pandas as pd
 
 from studio.api import JobError, JobView, Studio
+from ui.messages import error_html
 
 POLL_S = 2.0
+#: the weight of the past in the reward curve's moving average
+SMOOTHING = 0.8
+PLOT_HEIGHT = 330  # room for the legend under the axes
 TRAINING_CURVES = ("loss", "ratio_mean", "clip_fraction", "kl", "surrogate_cv_within_group")
 #: an iteration's time split; `score_s_NAME` (each reward's scoring) is added for the rewards a job has
 TIME_CURVES = ("rollout_s", "reward_s", "old_pass_s", "train_s")
@@ -30,15 +34,32 @@ def _row(view: JobView) -> list[Any]:
     ]
 
 
-def _curves(metrics: dict[str, list[tuple[int, float]]], names: list[str]) -> pd.DataFrame:
-    """Long format for a LinePlot: one row per (metric, iteration), numeric axes."""
+def smoothed(points: list[tuple[int, float]], weight: float = SMOOTHING) -> list[tuple[int, float]]:
+    """An exponential moving average through the points, debiased at the start (as TensorBoard draws it),
+    so a trend shows through the noise of a few rollouts per iteration."""
+    out, average = [], 0.0
+    for n, (iteration, value) in enumerate(points, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append((iteration, average / (1 - weight**n)))
+    return out
+
+
+def _curves(metrics: dict[str, list[tuple[int, float]]], names: list[str], smooth: str = "") -> pd.DataFrame:
+    """Long format for a LinePlot: one row per (metric, iteration), numeric axes; `smooth` adds that
+    metric's moving average as a series of its own."""
     rows = [(int(i), float(v), name) for name in names for i, v in metrics.get(name, [])]
+    if smooth in metrics:
+        rows += [(int(i), float(v), f"{smooth} (smoothed)") for i, v in smoothed(metrics[smooth])]
     frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
     return frame.astype({"iteration": "int64", "score": "float64", "series": "string"})
 
 
-def build(studio: Studio, train_form: Any) -> None:
-    table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, label="Queue", elem_id="jobs-table")
+def build(studio: Studio, train_form: Any) -> tuple[Callable[[], tuple[Any, ...]], list[Any]]:
+    """Builds the tab; returns what to run when it is opened (the charts are drawn again then: a chart
+    drawn while its tab was hidden shows empty axes)."""
+    table = gr.Dataframe(
+        headers=COLUMNS, value=[], interactive=False, label="Queue (click a row to show that job)", elem_id="jobs-table"
+    )
     with gr.Row():
         job_id = gr.Number(label="Job (0 = newest)", value=0, precision=0, elem_id="jobs-selected", scale=1)
         summary = gr.HTML(elem_id="jobs-summary")
@@ -54,13 +75,10 @@ def build(studio: Studio, train_form: Any) -> None:
             grid_step = gr.Slider(0, 1, step=1, value=0, label="Sample grid", elem_id="jobs-grid-slider")
             follow = gr.Checkbox(True, label="Follow the newest grid")
         with gr.Column():
-            rewards_plot = gr.LinePlot(
-                x="iteration", y="score", color="series", label="Rewards", elem_id="jobs-rewards", height=260
-            )
-            training_plot = gr.LinePlot(x="iteration", y="score", color="series", label="Training", height=260)
-            time_plot = gr.LinePlot(
-                x="iteration", y="score", color="series", label="Seconds per iteration", elem_id="jobs-time", height=260
-            )
+            plot = {"x": "iteration", "y": "score", "color": "series", "height": PLOT_HEIGHT}
+            rewards_plot = gr.LinePlot(label="Rewards", elem_id="jobs-rewards", **plot)
+            training_plot = gr.LinePlot(label="Training", elem_id="jobs-training", **plot)
+            time_plot = gr.LinePlot(label="Seconds per iteration", elem_id="jobs-time", **plot)
     log = gr.Textbox(label="Log tail", lines=8, max_lines=8, interactive=False, elem_id="jobs-log")
     timer = gr.Timer(POLL_S)
 
@@ -104,7 +122,7 @@ def build(studio: Studio, train_form: Any) -> None:
                 value=index,
                 label=f"Sample grid: iteration {grids[index][0]}" if grids else "Sample grid",
             ),
-            _curves(metrics, studio.reward_series(chosen)),
+            _curves(metrics, studio.reward_series(chosen), smooth="reward_mean"),
             _curves(metrics, list(TRAINING_CURVES)),
             _curves(metrics, [*TIME_CURVES, *sorted(k for k in metrics if k.startswith("score_s_"))]),
             detail.log_tail,
@@ -123,6 +141,13 @@ def build(studio: Studio, train_form: Any) -> None:
 
     grid_step.release(show_grid, [job_id, grid_step], grid).then(lambda: False, None, follow)
 
+    def pick_row(event: gr.SelectData) -> Any:
+        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+        views = studio.list_jobs()
+        return views[row].id if 0 <= row < len(views) else gr.update()
+
+    table.select(pick_row, None, job_id)
+
     def control(action: str) -> Callable[[float | None], str]:
         def run(value: float | None) -> str:
             chosen = selected(value, studio.list_jobs(limit=1))
@@ -131,7 +156,7 @@ def build(studio: Studio, train_form: Any) -> None:
             try:
                 status = studio.control(chosen, action)
             except (JobError, ValueError) as error:
-                return f"<span class='form-error'>⚠ {html.escape(str(error))}</span>"
+                return error_html(error)
             return f"<b>Job {chosen}</b> · {status}"
 
         return run
@@ -146,3 +171,9 @@ def build(studio: Studio, train_form: Any) -> None:
         return train_form.apply(studio.job_config(chosen))
 
     duplicate.click(on_duplicate, job_id, [*train_form.components(), train_form.status])
+
+    def on_open() -> tuple[Any, ...]:
+        """Clear the charts and what they show: the next poll draws them again, now visible."""
+        return None, None, None, ""
+
+    return on_open, [rewards_plot, training_plot, time_plot, shown]

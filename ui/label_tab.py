@@ -10,6 +10,7 @@ import gradio as gr
 import numpy as np
 
 from studio.api import BASE, ConfigError, JobError, LabelSource, Studio
+from ui.messages import error_html
 
 SHOWN_PX = 384  # the side of each image on screen, upscaled without smoothing
 SOURCE_LABELS = {
@@ -59,7 +60,7 @@ def _shown(image: np.ndarray) -> np.ndarray:
 
 
 def _error(message: str) -> str:
-    return f'<div class="form-error" id="label-error">⚠ {html.escape(message)}</div>'
+    return error_html(message, "label-error")
 
 
 def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
@@ -213,7 +214,7 @@ def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
         try:
             result = studio.import_labels(folder.strip())
         except ValueError as error:
-            return f'<pre class="form-error" id="label-error">{html.escape(str(error))}</pre>'
+            return _error(str(error))
         return f"✓ imported {result.added} labels ({result.already_stored} were already stored)"
 
     def on_export(folder: str) -> str:

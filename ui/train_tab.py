@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 
 from studio.api import DEFAULT_PRESET, ConfigError, JobError, Studio
+from ui.messages import error_html
 
 #: form field -> (label, kind); kind "number" fields are free text so that bad input gets a clear message
 FIELDS: dict[str, tuple[str, str]] = {
@@ -149,7 +150,7 @@ def _format(value: Any) -> Any:
 
 
 def _error(message: str) -> str:
-    return f'<div class="form-error" id="train-error">⚠ {html.escape(message)}</div>'
+    return error_html(message, "train-error")
 
 
 def build(studio: Studio) -> TrainForm:

@@ -10,9 +10,10 @@ import dataclasses
 import json
 import sys
 
-from studio.bench.speed import evaluate_snapshots, heldout_subset, train_with_budget
+from studio.bench.speed import evaluate_snapshots, train_with_budget
 from trainer_core.config import load_config
 from trainer_core.shapes.evaluation import SamplingConfig
+from trainer_core.shapes.prompt_sets import heldout_subset
 
 
 def main(path: str, minutes: float, marks: int, seed: int, out: str) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from trainer_core.files import write_atomic
+
 
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -37,7 +39,4 @@ def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
 
 def write_report(report: dict[str, object], out: Path) -> None:
     """Write `out` whole or not at all: an interrupted write leaves the previous report intact."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(report, indent=2))
-    partial.replace(out)
+    write_atomic(out, json.dumps(report, indent=2))

@@ -1,6 +1,6 @@
 """`vgrpo bench ablation`: V-GRPO's knobs one at a time, from the shapes-geneval preset.
 
-Each variant changes one thing (METHOD.md sections 3-5): the number of (t, eps) pairs, each
+Each variant changes one thing (docs/method.md §3-5): the number of (t, eps) pairs, each
 variance reduction off in turn, the surrogate's parameterisation, and the step control (ratio
 clip, soft clip on-policy, penalty to theta_old). It trains for a fixed number of iterations and
 reports held-out accuracy (stratified subset) and the mean within-group surrogate CV.
@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from studio.bench import device_name, markdown_table, write_report
-from studio.bench.speed import accuracy_standard_error, heldout_subset, train_with_budget
+from studio.bench.speed import accuracy_standard_error, train_with_budget
 from trainer_core.adapters import resolve_device
 from trainer_core.config import TrainConfig, load_preset
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate
+from trainer_core.shapes.prompt_sets import heldout_subset
 
 #: variant -> changes to the preset's `vgrpo` section
 VARIANTS: dict[str, dict[str, object]] = {

@@ -31,8 +31,8 @@ from trainer_core.adapters.base import DenoiserAdapter
 from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, load_config, load_preset, to_dict
 from trainer_core.shapes.evaluation import SamplingConfig, evaluate
-from trainer_core.shapes.grammar import CATEGORIES, SceneSpec
-from trainer_core.shapes.prompt_sets import load_heldout
+from trainer_core.shapes.grammar import SceneSpec
+from trainer_core.shapes.prompt_sets import heldout_subset
 
 #: method -> its tuned preset on the shapes world
 METHOD_PRESETS = {
@@ -57,17 +57,6 @@ class Snapshot:
     nfe: int
     train_reward: float  # mean training reward of the iterations since the previous snapshot
     accuracy: float | None = None
-
-
-def heldout_subset(per_category: int) -> list[SceneSpec]:
-    """`per_category` held-out prompts of every category, evenly spread over the file."""
-    specs = load_heldout()
-    chosen: list[SceneSpec] = []
-    for category in CATEGORIES:
-        pool = [s for s in specs if s.category == category]
-        step = max(1, len(pool) // per_category)
-        chosen += pool[::step][:per_category]
-    return chosen
 
 
 def lora_state(adapter: DenoiserAdapter) -> LoraState:

@@ -1,7 +1,7 @@
 """Adapter for Stable Diffusion 3 / 3.5 (`StableDiffusion3Pipeline`) from a local directory.
 
 The flow runs in the VAE's latent space: SD3's MMDiT predicts velocity
-eps - x0 at sigma = t, exactly the rectified-flow convention of METHOD.md.
+eps - x0 at sigma = t, exactly the rectified-flow convention of docs/method.md.
 
 Kohya-named exports use the names of Stability's original MMDiT checkpoint (`joint_blocks.{i}.x_block...`),
 which ComfyUI and AUTOMATIC1111 key their SD3 LoRAs by; there q, k and v are one fused `qkv` weight.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_core.shapes.grammar import (
+    CATEGORIES,
     COLORS,
     SHAPES,
     UNSEEN_COMBOS,
@@ -73,6 +74,17 @@ def build_heldout() -> list[SceneSpec]:
 
 def load_heldout() -> list[SceneSpec]:
     return read_prompts_file(HELDOUT_PATH)
+
+
+def heldout_subset(per_category: int) -> list[SceneSpec]:
+    """`per_category` held-out prompts of every category, evenly spread over the file."""
+    specs = load_heldout()
+    chosen: list[SceneSpec] = []
+    for category in CATEGORIES:
+        pool = [s for s in specs if s.category == category]
+        step = max(1, len(pool) // per_category)
+        chosen += pool[::step][:per_category]
+    return chosen
 
 
 def read_prompts_file(path: str | Path) -> list[SceneSpec]:

@@ -1,4 +1,5 @@
-"""Devices as resources: what each job takes, and which workers offer how many; inference tasks as jobs.
+"""Devices as resources: what each job takes, and which workers offer how many; inference tasks as jobs;
+columns nothing read dropped (jobs.run_dir, checkpoints.evaluation, samples.scores).
 
 Revision ID: 0003
 Revises: 0002
@@ -18,6 +19,11 @@ def upgrade() -> None:
         table.add_column(sa.Column("devices", sa.Integer, nullable=False, server_default="1"))
         table.add_column(sa.Column("worker_devices", sa.String(200)))
         table.add_column(sa.Column("kind", sa.String(20), nullable=False, server_default="train"))
+        table.drop_column("run_dir")
+    with op.batch_alter_table("checkpoints") as table:
+        table.drop_column("evaluation")
+    with op.batch_alter_table("samples") as table:
+        table.drop_column("scores")
     op.create_table(
         "workers",
         sa.Column("id", sa.String(120), primary_key=True),
@@ -33,7 +39,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("workers")
+    with op.batch_alter_table("samples") as table:
+        table.add_column(sa.Column("scores", sa.JSON, nullable=False, server_default="{}"))
+    with op.batch_alter_table("checkpoints") as table:
+        table.add_column(sa.Column("evaluation", sa.JSON))
     with op.batch_alter_table("jobs") as table:
+        table.add_column(sa.Column("run_dir", sa.String(500)))
         table.drop_column("kind")
         table.drop_column("worker_devices")
         table.drop_column("devices")
