@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -58,13 +59,16 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solver", default="heun", help="euler | heun | dpmpp_2m (default heun)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda[:N]")
 
 
-def _cuda_available() -> bool:
+def _device(name: str) -> str:
+    """--device auto resolved at run time (torch is not imported to build the parser)."""
+    if name != "auto":
+        return name
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--steps", type=int, default=12)
     sampling.add_argument("--solvers", default="euler,heun,dpmpp_2m", help="comma-separated solver names")
     sampling.add_argument("--repeats", type=int, default=3)
-    sampling.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
-    sampling.add_argument("--out", type=Path, default=Path("bench/results/sampling.json"))
+    sampling.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda[:N]")
+    sampling.add_argument("--out", type=Path, default=Path("out/bench/sampling.json"))
 
     speed = benches.add_parser("speed", help="every method under one wall-clock budget: accuracy vs time")
     speed.add_argument("--budget-minutes", type=float, required=True, help="training time per method and seed")
@@ -148,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--seed", type=int, default=0)
     ablation.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
     ablation.add_argument("--eval-seeds", type=int, default=2)
-    ablation.add_argument("--out", type=Path, default=Path("bench/results/ablation.json"))
+    ablation.add_argument("--out", type=Path, default=Path("out/bench/ablation.json"))
 
     throughput = benches.add_parser("throughput", help="one iteration's time split, images/s, peak memory")
     throughput_source = throughput.add_mutually_exclusive_group()
@@ -167,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--no-t5", action="store_true", help="leave T5-XXL out (SD3, FLUX), as they allow")
     throughput.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
     throughput.add_argument("--device", default="auto")
-    throughput.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
+    throughput.add_argument("--out", type=Path, default=Path("out/bench/throughput.json"))
 
     reward_bench = benches.add_parser("rewards", help="seconds per image of each reward's scoring")
     reward_bench.add_argument("--names", help="comma-separated rewards (default: every reward that can load)")
@@ -177,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward_bench.add_argument("--resolution", type=int, default=512, help="image side (512)")
     reward_bench.add_argument("--device", default="auto")
     _storage_args(reward_bench)
-    reward_bench.add_argument("--out", type=Path, default=Path("bench/results/rewards.json"))
+    reward_bench.add_argument("--out", type=Path, default=Path("out/bench/rewards.json"))
 
     scaling = benches.add_parser("scaling", help="one config as 1, 2, ... data-parallel processes")
     scaling_source = scaling.add_mutually_exclusive_group()
@@ -185,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     scaling_source.add_argument("--preset", default="shapes-geneval", help="a built-in preset (shapes-geneval)")
     scaling.add_argument("--processes", default="1,2", help="process counts to run (1,2)")
     scaling.add_argument("--iterations", type=int, default=6, help="iterations per run, the first a warm-up (6)")
-    scaling.add_argument("--out", type=Path, default=Path("bench/results/scaling.json"))
+    scaling.add_argument("--out", type=Path, default=Path("out/bench/scaling.json"))
 
     preference = benches.add_parser(
         "preference",
@@ -202,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preference.add_argument("--preference-weight", type=float, default=0.25, help="pref:TASTE's weight in the mix")
     preference.add_argument("--work", type=Path, default=Path("out/bench-preference"), help="scratch runs")
-    preference.add_argument("--out", type=Path, default=Path("bench/results/preference"))
+    preference.add_argument("--out", type=Path, default=Path("out/bench/preference"))
 
     worker = commands.add_parser("worker", help="claim and run queued jobs from the database (one process each)")
     _storage_args(worker)
@@ -255,7 +259,7 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):  # -> DenoiserAdapter
     from trainer_core.adapters import load_adapter
 
-    adapter = load_adapter(args.model, args.device)
+    adapter = load_adapter(args.model, _device(args.device))
     if args.lora is not None:
         adapter.load_lora(args.lora)
     return adapter
@@ -430,18 +434,12 @@ def bench_scaling(args: argparse.Namespace) -> None:
         processes = [int(n) for n in args.processes.split(",")]
     except ValueError:
         raise CliError(f"--processes: comma-separated whole numbers, got {args.processes!r}") from None
-    report = scaling_benchmark(config, processes, "cuda" if _cuda() else "cpu")
+    report = scaling_benchmark(config, processes, _device("auto"))
     write_report(report, args.out)
     print(f"scaling on {report['device']}: {report['images_per_iteration']} images per iteration")
     columns = ["processes", "iteration_s", "images_per_s", "speedup", "startup_s", "final_reward"]
     print(format_rows(report["results"], columns))  # type: ignore[arg-type]
     print(f"wrote {args.out}")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def bench_preference(args: argparse.Namespace) -> None:
@@ -633,7 +631,7 @@ def bench_sampling(args: argparse.Namespace) -> None:
         get_solver(solver)
     if args.batch_size < 1 or args.steps < 1 or args.repeats < 1:
         raise CliError("--batch-size, --steps, --repeats: must be at least 1")
-    report = sampling_throughput(args.model, args.batch_size, args.steps, solvers, args.repeats, args.device)
+    report = sampling_throughput(args.model, args.batch_size, args.steps, solvers, args.repeats, _device(args.device))
     write_report(report, args.out)
     print(f"sampling on {report['device']}")
     print(
@@ -770,9 +768,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except (CliError, ValueError, FileNotFoundError, FileExistsError) as error:
+        if isinstance(error, ValueError) and not is_input_error(error):
+            raise  # a bug, not bad input: its traceback is what someone needs
         print(f"vgrpo {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+#: "field: what is wrong", the studio's way of naming bad input ("optimizer.learning_rate: ...",
+#: "--names: ...", "job 3: ...", "rewards.weights.pickscore: ...")
+FIELD_MESSAGE = re.compile(r"^(--)?[A-Za-z_][\w.\-\[\]@]*( [\w.\-@]+)?: ")
+
+
+def is_input_error(error: ValueError) -> bool:
+    """Whether a ValueError reports bad input (shown as one line) rather than a bug (shown with its
+    traceback): config and job errors always, any other only when it names a field."""
+    from studio.devices import DeviceError
+    from studio.jobs import JobError
+    from trainer_core.config import ConfigError
+
+    return isinstance(error, ConfigError | JobError | DeviceError) or bool(FIELD_MESSAGE.match(str(error)))
 
 
 if __name__ == "__main__":

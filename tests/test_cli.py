@@ -132,3 +132,26 @@ def test_label_fit_list_export_import_from_the_command_line(tmp_path):
     assert bad.returncode == 2 and "features: unknown 'sift'" in bad.stderr
     unknown = vgrpo("label", "--data-dir", home, "--simulated-taste", "blue", "--count", "1")
     assert unknown.returncode == 2 and "taste: unknown 'blue'" in unknown.stderr
+
+
+def test_bad_input_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    import studio.cli as cli
+
+    def bad_input(args):
+        raise ValueError("--names: unknown 'hps'; allowed: ...")
+
+    def bug(args):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setitem(cli.COMMANDS, "export", bad_input)
+    assert cli.main(["export", "--lora", "x.safetensors", "--format", "kohya", "--out", "y.safetensors"]) == 2
+    assert "vgrpo export: error: --names: unknown 'hps'" in capsys.readouterr().err
+    monkeypatch.setitem(cli.COMMANDS, "export", bug)
+    with pytest.raises(ValueError, match="broadcast"):
+        cli.main(["export", "--lora", "x.safetensors", "--format", "kohya", "--out", "y.safetensors"])
+
+
+def test_building_the_parser_imports_no_torch():
+    code = "import sys, studio.cli; studio.cli.build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
