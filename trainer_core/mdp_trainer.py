@@ -25,6 +25,7 @@ from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import sigma_grid
 from trainer_core.sde import gaussian_log_prob, mean_kl, sde_step_mean_std
 from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
+from trainer_core.vgrpo import clipped_objective, k3_kl
 
 
 def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig) -> range:
@@ -160,21 +161,18 @@ class FlowGRPOTrainer(GroupTrainer):
                     mean, std = self.step_mean_std(z, v, step)
                     log_ratio = gaussian_log_prob(z_next, mean, std) - trajectory.log_probs_old[step][part]
                     ratio = torch.exp(log_ratio)
-                    advantages = batch.advantages[part]
-                    clipped = ratio.clamp(1 - cfg.clip_epsilon, 1 + cfg.clip_epsilon) * advantages
-                    loss = -torch.minimum(ratio * advantages, clipped).mean()
+                    objective, clip_fraction = clipped_objective(ratio, batch.advantages[part], cfg.clip_epsilon)
+                    loss = -objective.mean()
                     if step in batch.mean_ref:
                         kl = mean_kl(mean, batch.mean_ref[step][part], std).mean()
                         loss = loss + cfg.beta * kl
                     else:
-                        kl = (log_ratio.exp() - 1 - log_ratio).mean().detach()  # k3 estimate to theta_old
+                        kl = k3_kl(log_ratio)  # to theta_old
                     weight = z.shape[0] / n / len(steps)
                     self.backward(loss * weight)
                     totals["loss"] += float(loss.detach()) * weight
                     totals["ratio_mean"] += float(ratio.detach().mean()) * weight
-                    totals["clip_fraction"] += (
-                        float(((ratio.detach() - 1).abs() > cfg.clip_epsilon).float().mean()) * weight
-                    )
+                    totals["clip_fraction"] += clip_fraction * weight
                     totals["kl"] += float(kl.detach()) * weight
         grad_norm = self.optimizer_step()
         self.adapter.denoiser.eval()

@@ -200,6 +200,23 @@ def soft_clip(advantages: torch.Tensor, eta: float) -> torch.Tensor:
     return eta * torch.tanh(advantages / eta) if eta > 0 else advantages
 
 
+def clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip_epsilon: float) -> tuple[torch.Tensor, float]:
+    """PPO's min(rho A, clip(rho, 1 - eps, 1 + eps) A) per element, and the share of ratios outside the
+    clip range; clip_epsilon = 0 leaves rho unclipped. V-GRPO has one ratio per image, the MDP baselines
+    one per image and step."""
+    unclipped = ratio * advantages
+    if clip_epsilon <= 0:
+        return unclipped, 0.0
+    clipped = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon) * advantages
+    return torch.minimum(unclipped, clipped), float(((ratio.detach() - 1).abs() > clip_epsilon).float().mean())
+
+
+def k3_kl(log_ratio: torch.Tensor) -> torch.Tensor:
+    """The k3 estimate of KL(theta_old || theta), mean(rho - 1 - log rho): unbiased, never negative."""
+    log_ratio = log_ratio.detach()
+    return (log_ratio.exp() - 1 - log_ratio).mean()
+
+
 @dataclass(frozen=True)
 class LossTerms:
     loss: torch.Tensor
@@ -223,22 +240,14 @@ def vgrpo_loss(
     penalty when x_hat_anchor is given, else the k3 estimate mean(rho - 1 - log rho).
     """
     ratio = torch.exp(surrogate - surrogate_old)
-    unclipped = ratio * advantages
-    if clip_epsilon > 0:
-        clipped = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon) * advantages
-        objective = torch.minimum(unclipped, clipped)
-        clip_fraction = float(((ratio - 1).abs() > clip_epsilon).float().mean())
-    else:
-        objective, clip_fraction = unclipped, 0.0
+    objective, clip_fraction = clipped_objective(ratio, advantages, clip_epsilon)
     if x_hat is not None and x_hat_anchor is not None:
         penalty = (x_hat - x_hat_anchor).pow(2).mean()  # per element, so beta does not scale with resolution
         loss = -objective.mean() + beta * penalty
         kl = float(penalty.detach())
     else:
         loss = -objective.mean()
-        # Without the penalty, report the k3 estimate of KL(theta_old || theta) from the ratios.
-        log_ratio = (surrogate - surrogate_old).detach()
-        kl = float((log_ratio.exp() - 1 - log_ratio).mean())
+        kl = float(k3_kl(surrogate - surrogate_old))  # without the penalty, estimated from the ratios
     return LossTerms(loss, float(ratio.detach().mean()), clip_fraction, kl)
 
 
