@@ -41,10 +41,10 @@ def progress_line(metrics: dict[str, float], total: int) -> str:
     """One iteration as the log tail shows it: where the run is, its reward, its pace, when it ends."""
     iteration = int(metrics["iteration"])
     per_iteration = metrics["wall_time_s"] / max(iteration, 1)  # includes sample grids and checkpoints
-    eta = per_iteration * max(total - iteration, 0)
+    minutes, seconds = divmod(round(per_iteration * max(total - iteration, 0)), 60)
     return (
         f"iteration {iteration}/{total} · reward {metrics['reward_mean']:.3f} · "
-        f"{metrics['iteration_s']:.1f} s/it · ETA {eta // 60:.0f} min {eta % 60:02.0f} s"
+        f"{metrics['iteration_s']:.1f} s/it · ETA {minutes} min {seconds:02d} s"
     )
 
 

@@ -154,14 +154,17 @@ def test_a_new_user_trains_watches_compares_and_exports(page, tmp_path):
     line = page.locator('#jobs-rewards path[aria-roledescription="line mark"]').first
     line.wait_for(timeout=20_000)
     assert line.get_attribute("d").count("L") >= final - 1  # a reward curve through every iteration
-    smoothed = page.get_by_text("reward_mean (smoothed)")
-    assert smoothed.count() >= 1  # the trend's line, named in the legend
+    legend = page.locator("#jobs-rewards").get_by_text("reward_mean (smoothed)")
+    legend.wait_for(timeout=10_000)  # the trend's line, named in the legend
+    chart, label = page.locator("#jobs-rewards").bounding_box(), legend.bounding_box()
+    assert label["y"] + label["height"] <= chart["y"] + chart["height"]  # inside the chart, not cut off
     assert colored_pixels(page.locator("#jobs-rewards").screenshot()) > 200  # the curves are drawn, not bare axes
     log = page.locator("#jobs-log textarea").input_value()
     assert re.search(r"iteration \d+/\d+ · reward \d\.\d+ · \d+\.\d s/it · ETA", log), log
     assert "Loading" not in log  # the run's own progress, not the libraries' loading bars
-    page.locator("#jobs-table td").first.click()  # a row picks its job
+    page.locator("#jobs-table").get_by_text("vgrpo", exact=True).last.click()  # a row picks its job
     page.wait_for_function("document.querySelector('#jobs-selected input')?.value === '1'", timeout=10_000)
+    page.wait_for_timeout(3000)  # the refresh the click starts
     shot(page, "jobs")
 
     page.get_by_role("tab", name="Compare").click()

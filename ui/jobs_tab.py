@@ -15,7 +15,7 @@ from ui.messages import error_html
 POLL_S = 2.0
 #: the weight of the past in the reward curve's moving average
 SMOOTHING = 0.8
-PLOT_HEIGHT = 330  # room for the legend under the axes
+PLOT_HEIGHT = 300
 TRAINING_CURVES = ("loss", "ratio_mean", "clip_fraction", "kl", "surrogate_cv_within_group")
 #: an iteration's time split; `score_s_NAME` (each reward's scoring) is added for the rewards a job has
 TIME_CURVES = ("rollout_s", "reward_s", "old_pass_s", "train_s")
@@ -44,12 +44,15 @@ def smoothed(points: list[tuple[int, float]], weight: float = SMOOTHING) -> list
     return out
 
 
-def _curves(metrics: dict[str, list[tuple[int, float]]], names: list[str], smooth: str = "") -> pd.DataFrame:
+def _curves(metrics: dict[str, list[tuple[int, float]]], names: list[str], smooth: str = "") -> pd.DataFrame | None:
     """Long format for a LinePlot: one row per (metric, iteration), numeric axes; `smooth` adds that
-    metric's moving average as a series of its own."""
+    metric's moving average as a series of its own. None while there is nothing to draw: a chart that
+    first receives an empty table fixes its colours to none, and every line drawn later is invisible."""
     rows = [(int(i), float(v), name) for name in names for i, v in metrics.get(name, [])]
     if smooth in metrics:
         rows += [(int(i), float(v), f"{smooth} (smoothed)") for i, v in smoothed(metrics[smooth])]
+    if not rows:
+        return None
     frame = pd.DataFrame(rows, columns=["iteration", "score", "series"])
     return frame.astype({"iteration": "int64", "score": "float64", "series": "string"})
 
@@ -75,11 +78,13 @@ def build(studio: Studio, train_form: Any) -> tuple[Callable[[], tuple[Any, ...]
             grid_step = gr.Slider(0, 1, step=1, value=0, label="Sample grid", elem_id="jobs-grid-slider")
             follow = gr.Checkbox(True, label="Follow the newest grid")
         with gr.Column():
-            plot = {"x": "iteration", "y": "score", "color": "series", "height": PLOT_HEIGHT}
-            rewards_plot = gr.LinePlot(label="Rewards", elem_id="jobs-rewards", **plot)
-            training_plot = gr.LinePlot(label="Training", elem_id="jobs-training", **plot)
-            time_plot = gr.LinePlot(label="Seconds per iteration", elem_id="jobs-time", **plot)
-    log = gr.Textbox(label="Log tail", lines=8, max_lines=8, interactive=False, elem_id="jobs-log")
+            log = gr.Textbox(label="Log tail", lines=18, max_lines=18, interactive=False, elem_id="jobs-log")
+    # full width, so that every series' name fits in the legend's row under the axes; the title inside
+    # the chart (a component label above it would push the legend out of the chart's fixed height)
+    plot = {"x": "iteration", "y": "score", "color": "series", "height": PLOT_HEIGHT, "show_label": False}
+    rewards_plot = gr.LinePlot(title="Rewards", elem_id="jobs-rewards", **plot)
+    training_plot = gr.LinePlot(title="Training", elem_id="jobs-training", **plot)
+    time_plot = gr.LinePlot(title="Seconds per iteration", elem_id="jobs-time", **plot)
     timer = gr.Timer(POLL_S)
 
     def selected(value: float | None, views: list[JobView]) -> int | None:
