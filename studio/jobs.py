@@ -178,18 +178,30 @@ class JobService:
             raise JobError(f"job {job_id}: no such job")
         raise JobError(f"job {job_id}: cannot go from {status} to {new}; allowed from {', '.join(allowed)}")
 
+    def _request(self, job_id: int, moves: dict[str, str], name: str) -> None:
+        """Move the job by `moves` (from status -> to status) in one conditional UPDATE, whatever status it
+        has at that moment (a worker may be ending it meanwhile)."""
+        status = case(*((Job.status == old, new) for old, new in moves.items()))
+        ended = case((status.in_(S.FINAL), utcnow()), else_=Job.finished_at)
+        with self.db.session() as session:
+            result = session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_(moves)).values(status=status, finished_at=ended)
+            )
+            if result.rowcount == 1:
+                return
+            current = session.scalar(select(Job.status).where(Job.id == job_id))
+        if current is None:
+            raise JobError(f"job {job_id}: no such job")
+        raise JobError(f"job {job_id}: cannot {name} a {current} job; allowed when {', '.join(moves)}")
+
     def cancel(self, job_id: int) -> None:
         """Queued or paused jobs end now; a running one stops at its next iteration, with a checkpoint."""
-        try:
-            self._transition(job_id, (S.QUEUED, S.PAUSED), S.CANCELLED, finished_at=utcnow())
-        except JobError:
-            self._transition(job_id, (S.RUNNING, S.PAUSING), S.CANCELLING)
+        moves = {S.QUEUED: S.CANCELLED, S.PAUSED: S.CANCELLED, S.RUNNING: S.CANCELLING, S.PAUSING: S.CANCELLING}
+        self._request(job_id, moves, "cancel")
 
     def pause(self, job_id: int) -> None:
-        try:
-            self._transition(job_id, (S.QUEUED,), S.PAUSED)
-        except JobError:
-            self._transition(job_id, (S.RUNNING,), S.PAUSING)
+        """A queued job waits outside the queue; a running one stops at its next iteration, with a checkpoint."""
+        self._request(job_id, {S.QUEUED: S.PAUSED, S.RUNNING: S.PAUSING}, "pause")
 
     def resume(self, job_id: int) -> None:
         """A paused job goes back to the queue and continues from its last checkpoint."""

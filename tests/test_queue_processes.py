@@ -148,7 +148,7 @@ def test_jobs_cli_submits_lists_shows_and_cancels(data_dir, capsys):
     assert main(["jobs", "cancel", str(job_id), *home]) == 0
     assert "cancelled" in capsys.readouterr().out
     assert main(["jobs", "cancel", str(job_id), *home]) == 2
-    assert "cannot go from cancelled" in capsys.readouterr().err
+    assert "cannot cancel a cancelled job" in capsys.readouterr().err
 
 
 def test_jobs_cli_refuses_a_bad_config_naming_the_field(data_dir, tmp_path, capsys):
