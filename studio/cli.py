@@ -776,8 +776,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: "field: what is wrong", the studio's way of naming bad input ("optimizer.learning_rate: ...",
-#: "--names: ...", "job 3: ...", "rewards.weights.pickscore: ...")
-FIELD_MESSAGE = re.compile(r"^(--)?[A-Za-z_][\w.\-\[\]@]*( [\w.\-@]+)?: ")
+#: "--names: ...", "job 3: ...", "rewards.weights.pickscore: ...", "prompts.txt:3: ...")
+FIELD_MESSAGE = re.compile(r"^(--)?[\w/~.][\w.\-\[\]@/]*(:\d+)?( [\w.\-@]+)?: ")
 
 
 def is_input_error(error: ValueError) -> bool:

@@ -45,6 +45,7 @@ def test_unknown_models_get_a_clear_error(tmp_path):
         resolve_model(" ")
 
 
+@pytest.mark.slow
 def test_single_object_colour_and_shape_on_a_fixed_subset(adapter):
     specs = [SceneSpec((ObjectGroup(1, shape, color),)) for color in COLORS for shape in SHAPES]
     result = evaluate(adapter, specs, n_seeds=4, sampling=SamplingConfig(steps=12, solver="heun"))
@@ -81,6 +82,7 @@ def test_generation_is_deterministic_and_independent_of_batching(adapter):
     assert abs(together[1].astype(int) - alone[0].astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_heun_at_8_steps_is_close_to_euler_at_64(adapter):
     prompts = ["a red circle", "three blue squares", "a purple triangle above an orange square"] * 2
     embeddings = adapter.encode_prompts(prompts)

@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import pytest
 
 from studio.bench.preference import (
     ORDERS,
@@ -29,6 +30,7 @@ def rendered_pool(prompts: int, seeds: int, seed: int) -> Pool:
     return Pool([s.prompt for s in specs], images, build_features("shapes-stats")(images, flat))
 
 
+@pytest.mark.slow
 def test_every_order_learns_a_taste_and_the_report_is_written(tmp_path):
     settings = PreferenceBenchSettings(
         tastes=("large",), label_counts=(25, 75), round_size=25, pool_prompts=80, repeats=1

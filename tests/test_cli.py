@@ -95,6 +95,7 @@ def test_eval_writes_the_documented_json(tmp_path):
     assert "overall" in result.stdout
 
 
+@pytest.mark.slow
 def test_label_fit_list_export_import_from_the_command_line(tmp_path):
     home = str(tmp_path / "home")
     # a person at the terminal: a choice per line, an unknown key, an undo and a quit

@@ -51,6 +51,7 @@ def test_clip_features_are_the_embeddings_and_their_agreement(tiny_clip):
     assert np.allclose(other[0, :8], values[0, :8]) and not np.allclose(other[0, 8:], values[0, 8:])
 
 
+@pytest.mark.slow
 def test_a_reward_fitted_on_clip_features_loads_back_from_its_card(tiny_clip, tmp_path):
     a, b = images(40, 2), images(40, 3)
     # a taste the features can see: brighter images win

@@ -52,6 +52,7 @@ def label_with(studio: Studio, session_id: str, labeller: SimulatedLabeller, n: 
     return ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("taste", ["warm", "left", "large"])
 def test_a_simulated_person_labels_fits_and_trains_on_their_taste(studio, taste):
     """The whole loop through the studio's own API, as the Label tab drives it: label pairs of the base
@@ -325,6 +326,7 @@ CRASH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_every_label_reported_survives_a_kill_mid_session(tmp_path):
     home = tmp_path / "home"
     process = subprocess.Popen(
@@ -351,6 +353,7 @@ def test_every_label_reported_survives_a_kill_mid_session(tmp_path):
             assert studio.labels.load_image(path).shape == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_one_seed_of_two_models_puts_each_model_on_either_side(studio):
     import torch
 

@@ -21,6 +21,7 @@ def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tiny_shapes, 
     assert "steps=6" in (tmp_path / "a" / "PRETRAIN.txt").read_text()
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_flow_matching_loss(tiny_shapes, tmp_path):
     from trainer_core.shapes.pipeline import build_shapes_pipeline
     from trainer_core.shapes.pretrain import RenderedScenes, flow_matching_loss

@@ -22,6 +22,7 @@ def _agreement(n: int, resolution: int, seed: int) -> float:
     return hits / n
 
 
+@pytest.mark.slow
 def test_detector_agrees_with_ground_truth_on_2000_fresh_scenes():
     assert _agreement(2000, 32, seed=12345) >= 0.98
 
