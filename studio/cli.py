@@ -399,6 +399,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     result = run_training(config, args.out, resume=args.resume, on_iteration=report, data_dir=DataDir(args.data_dir))
     bar.close()
+    world.close()
     if not world.is_main:
         return
     if result.interrupted:

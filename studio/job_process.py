@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     database = Database(args.db_url)
     service = JobService(database, DataDir(args.data_dir))
     status = run_claimed_job(service, args.job_id, args.token, world=world, idle_s=args.idle_s)
+    world.close()
     if world.is_main:
         print(f"job {args.job_id}: {status}", flush=True)
     return 0

@@ -108,7 +108,7 @@ def test_bad_input_shows_an_inline_error_and_submits_nothing(page):
         ("train-optimizer-learning-rate", "abc", "optimizer.learning_rate"),
         ("train-model", "", "model.name"),
         ("train-time-budget-minutes", "-5", "time_budget_minutes"),
-        ("weight-partial", "0", "rewards.weights"),
+        ("weight-partial", "-1", "rewards.weights"),  # geneval 1 + partial -1: the weights sum to 0
     ]
     for elem_id, bad, message in cases:
         fresh_form(page)

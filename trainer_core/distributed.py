@@ -100,6 +100,13 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group once every rank is done (a rank that exits while another still talks
+        to it makes that one fail)."""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     @staticmethod
     def _device() -> torch.device:
         if dist.get_backend() == "nccl":
