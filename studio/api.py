@@ -24,7 +24,16 @@ from studio import inference as inference_runners
 from studio.compare import BASE, CompareResult
 from studio.export import export_checkpoint
 from studio.jobs import JobError, JobService, JobView, validate_config
-from studio.labeling import SOURCES, CandidatePair, LabelSession, LabelSource, PairSampler, SessionCounts, guide_reward
+from studio.labeling import (
+    ORDERS,
+    SOURCES,
+    CandidatePair,
+    LabelSession,
+    LabelSource,
+    PairSampler,
+    SessionCounts,
+    guide_reward,
+)
 from studio.preference import (
     ImportResult,
     export_labels,
@@ -36,8 +45,8 @@ from studio.preference import (
 from studio.reward_catalog import is_preference
 from trainer_core.adapters import model_family
 from trainer_core.adapters.family import family_of_pipeline
+from trainer_core.algorithms import ALGORITHMS
 from trainer_core.config import (
-    ALGORITHMS,
     LR_SCHEDULES,
     ConfigError,
     TrainConfig,
@@ -316,6 +325,16 @@ class Studio:
     @staticmethod
     def label_source_kinds() -> list[str]:
         return list(SOURCES)
+
+    @staticmethod
+    def label_orders() -> list[str]:
+        return list(ORDERS)
+
+    @staticmethod
+    def penalty_anchors() -> list[str]:
+        from trainer_core.vgrpo import PENALTY_ANCHORS
+
+        return list(PENALTY_ANCHORS)
 
     @staticmethod
     def feature_kinds() -> dict[str, str]:

@@ -167,41 +167,38 @@ class JobService:
             )
 
     def _transition(self, job_id: int, allowed: tuple[str, ...], new: str, **values: Any) -> None:
-        with self.db.session() as session:
-            result = session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_(allowed)).values(status=new, **values)
-            )
-            if result.rowcount == 1:
-                return
-            status = session.scalar(select(Job.status).where(Job.id == job_id))
-        if status is None:
-            raise JobError(f"job {job_id}: no such job")
-        raise JobError(f"job {job_id}: cannot go from {status} to {new}; allowed from {', '.join(allowed)}")
+        """From any of `allowed` to `new`, or a JobError naming the job's status."""
+        refusal = f"cannot go from {{status}} to {new}; allowed from {', '.join(allowed)}"
+        self._move(job_id, dict.fromkeys(allowed, new), refusal, **values)
 
-    def _request(self, job_id: int, moves: dict[str, str], name: str) -> None:
-        """Move the job by `moves` (from status -> to status) in one conditional UPDATE, whatever status it
-        has at that moment (a worker may be ending it meanwhile)."""
+    def _move(self, job_id: int, moves: dict[str, str], refusal: str, **values: Any) -> None:
+        """Move the job by `moves` (status now -> new status) in one conditional UPDATE, whatever status it
+        has at that moment (a worker may be ending it meanwhile); `refusal` ({status} filled in) when it
+        has none of them."""
         status = case(*((Job.status == old, new) for old, new in moves.items()))
         ended = case((status.in_(S.FINAL), utcnow()), else_=Job.finished_at)
         with self.db.session() as session:
             result = session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_(moves)).values(status=status, finished_at=ended)
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(moves))
+                .values(status=status, **{"finished_at": ended, **values})
             )
             if result.rowcount == 1:
                 return
             current = session.scalar(select(Job.status).where(Job.id == job_id))
         if current is None:
             raise JobError(f"job {job_id}: no such job")
-        raise JobError(f"job {job_id}: cannot {name} a {current} job; allowed when {', '.join(moves)}")
+        raise JobError(f"job {job_id}: " + refusal.format(status=current))
 
     def cancel(self, job_id: int) -> None:
         """Queued or paused jobs end now; a running one stops at its next iteration, with a checkpoint."""
         moves = {S.QUEUED: S.CANCELLED, S.PAUSED: S.CANCELLED, S.RUNNING: S.CANCELLING, S.PAUSING: S.CANCELLING}
-        self._request(job_id, moves, "cancel")
+        self._move(job_id, moves, f"cannot cancel a {{status}} job; allowed when {', '.join(moves)}")
 
     def pause(self, job_id: int) -> None:
         """A queued job waits outside the queue; a running one stops at its next iteration, with a checkpoint."""
-        self._request(job_id, {S.QUEUED: S.PAUSED, S.RUNNING: S.PAUSING}, "pause")
+        moves = {S.QUEUED: S.PAUSED, S.RUNNING: S.PAUSING}
+        self._move(job_id, moves, f"cannot pause a {{status}} job; allowed when {', '.join(moves)}")
 
     def resume(self, job_id: int) -> None:
         """A paused job goes back to the queue and continues from its last checkpoint."""

@@ -29,12 +29,12 @@ from typing import Any
 
 import yaml
 
+from trainer_core.algorithms import ALGORITHMS
 from trainer_core.lora import LoraSpec
 from trainer_core.rewards.base import RewardMixConfig
 from trainer_core.samplers import SOLVERS
 from trainer_core.vgrpo import VGRPOConfig
 
-ALGORITHMS = ("vgrpo", "flow-grpo", "mix-grpo", "naive-elbo")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 
 

@@ -13,12 +13,13 @@ from studio.api import BASE, ConfigError, JobError, LabelSource, Studio
 from ui.messages import error_html
 
 SHOWN_PX = 384  # the side of each image on screen, upscaled without smoothing
-SOURCE_LABELS = {
-    "Two seeds of one model": "seeds",
-    "One seed of two models": "checkpoints",
-    "A job's sample grids": "job-samples",
+#: how each kind of pair source and order reads on the page (the kinds themselves are the studio's)
+SOURCE_NAMES = {
+    "seeds": "Two seeds of one model",
+    "checkpoints": "One seed of two models",
+    "job-samples": "A job's sample grids",
 }
-ORDER_LABELS = {"Random": "random", "Uncertain first (needs a fitted reward)": "uncertain"}
+ORDER_NAMES = {"random": "Random", "uncertain": "Uncertain first (needs a fitted reward)"}
 #: button elem_id -> its key; the script below clicks the button when the key is pressed
 SHORTCUTS = {
     "label-left-better": "1",
@@ -64,14 +65,17 @@ def _error(message: str) -> str:
 
 
 def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
+    # every kind the studio offers, named here (a new kind without a name shows as itself)
+    source_labels = {SOURCE_NAMES.get(kind, kind): kind for kind in studio.label_source_kinds()}
+    order_labels = {ORDER_NAMES.get(kind, kind): kind for kind in studio.label_orders()}
     """The tab; returns (refresh, outputs) for when the tab is opened (new checkpoints and rewards)."""
     session = gr.State(None, delete_callback=lambda session_id: session_id and studio.close_labelling(session_id))
     with gr.Accordion("What to label", open=True):
         with gr.Row():
             source = gr.Radio(
-                list(SOURCE_LABELS), value="Two seeds of one model", label="Pairs", elem_id="label-source"
+                list(source_labels), value="Two seeds of one model", label="Pairs", elem_id="label-source"
             )
-            order = gr.Radio(list(ORDER_LABELS), value="Random", label="Order", elem_id="label-order")
+            order = gr.Radio(list(order_labels), value="Random", label="Order", elem_id="label-order")
         with gr.Row():
             checkpoint_a = gr.Dropdown(studio.checkpoint_choices(), value=BASE, label="Model", elem_id="label-model-a")
             checkpoint_b = gr.Dropdown(
@@ -162,7 +166,7 @@ def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
         typed_prompts: str,
         request: gr.Request,
     ) -> list[Any]:
-        kind = SOURCE_LABELS[source_label]
+        kind = source_labels[source_label]
         try:
             job_number = int(job_id) if job_id else None
             prompts = () if kind == "job-samples" else tuple(studio.label_prompts(set_name, typed_prompts, job_number))
@@ -173,7 +177,7 @@ def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
                 prompts,
                 job_number,
                 None,
-                ORDER_LABELS[order_label],
+                order_labels[order_label],
                 guide_name or None,
             )
             new_session = studio.start_labelling(label_source, getattr(request, "username", None) or "local")

@@ -160,7 +160,7 @@ def build(studio: Studio) -> TrainForm:
     choices = {
         "algorithm": studio.algorithms(),
         "rollout.solver": studio.solvers(),
-        "vgrpo.penalty_to": ["old", "reference"],
+        "vgrpo.penalty_to": studio.penalty_anchors(),
         "optimizer.lr_schedule": studio.lr_schedules(),
     }
     with gr.Row():
