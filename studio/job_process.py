@@ -15,12 +15,14 @@ the job's process end without finishing the job, which requeues it to resume fro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 
 from storage.data_dir import DataDir
 from storage.db import Database
@@ -48,6 +50,35 @@ def progress_line(metrics: dict[str, float], total: int) -> str:
     )
 
 
+@contextlib.contextmanager
+def heartbeating(
+    service: JobService, job_id: int, token: str, every_s: float, stop: threading.Event | None = None
+) -> Iterator[None]:
+    """The claim's lease refreshed every `every_s` while the block runs; `stop` is set when the job should
+    stop at its next boundary (cancel or pause requested, or the lease taken over by another worker)."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            status = service.heartbeat(job_id, token)
+            if stop is not None and status in (JobStatus.CANCELLING, JobStatus.PAUSING, "lost"):
+                stop.set()
+
+    heart = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    heart.start()
+    try:
+        yield
+    finally:
+        done.set()
+        heart.join()
+
+
+def failure(error: Exception) -> str:
+    """What a failed job keeps as its error: the end of the traceback (also printed to its log)."""
+    traceback.print_exception(error)
+    return "".join(traceback.format_exception(error))[-4000:]
+
+
 def run_claimed_job(
     service: JobService,
     job_id: int,
@@ -69,50 +100,38 @@ def run_claimed_job(
         return "rank"
     service.set_worker_process(job_id, token, socket.gethostname(), os.getpid())
     stop = threading.Event()
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(heartbeat_s):
-            status = service.heartbeat(job_id, token)
-            if status in (JobStatus.CANCELLING, JobStatus.PAUSING, "lost"):
-                stop.set()
 
     def on_iteration(metrics: dict[str, float]) -> None:
         print(progress_line(metrics, job.total_iterations), flush=True)  # the Jobs tab's log tail
         if not service.record_iteration(job_id, token, metrics):
             stop.set()  # another worker owns the job now: write nothing more
 
-    heart = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-    heart.start()
     try:
-        config: TrainConfig = from_dict(TrainConfig, job.config)
-        run_dir = service.data_dir.run_dir(job_id)
-        run = RunDirectory(run_dir)
-        resume = bool(world.broadcast(run.exists()))  # decided before any rank writes
-        service.forget_metrics_after(job_id, (run.latest_checkpoint() or 0) if resume else 0)
-        result = run_training(
-            config,
-            run_dir,
-            resume=resume,
-            on_iteration=on_iteration,
-            should_stop=stop.is_set,
-            data_dir=service.data_dir,
-            on_checkpoint=lambda iteration, path: service.record_checkpoint(job_id, iteration, str(path)),
-            on_samples=lambda iteration, path: service.record_samples(
-                job_id,
-                iteration,
-                str(path),
-                list(config.logging.sample_prompts),
-                list(range(config.logging.sample_seeds)),
-            ),
-        )
+        with heartbeating(service, job_id, token, heartbeat_s, stop):  # the lease, from the start
+            config: TrainConfig = from_dict(TrainConfig, job.config)
+            run_dir = service.data_dir.run_dir(job_id)
+            run = RunDirectory(run_dir)
+            resume = bool(world.broadcast(run.exists()))  # decided before any rank writes
+            service.forget_metrics_after(job_id, (run.latest_checkpoint() or 0) if resume else 0)
+            result = run_training(
+                config,
+                run_dir,
+                resume=resume,
+                on_iteration=on_iteration,
+                should_stop=stop.is_set,
+                data_dir=service.data_dir,
+                on_checkpoint=lambda iteration, path: service.record_checkpoint(job_id, iteration, str(path)),
+                on_samples=lambda iteration, path: service.record_samples(
+                    job_id,
+                    iteration,
+                    str(path),
+                    list(config.logging.sample_prompts),
+                    list(range(config.logging.sample_seeds)),
+                ),
+            )
         outcome, error = ("stopped" if result.interrupted else "done"), None
     except Exception as exc:  # the job failed; the process itself ends cleanly
-        outcome, error = "error", "".join(traceback.format_exception(exc))[-4000:]
-        traceback.print_exc()
-    finally:
-        done.set()
-        heart.join()
+        outcome, error = "error", failure(exc)
     return service.finish(job_id, token, outcome, error)
 
 
@@ -129,28 +148,17 @@ def serve_inference(
     status = ""
     while True:
         service.set_worker_process(job_id, token, host, os.getpid())
-        done = threading.Event()
-
-        def beat(job_id: int = job_id, token: str = token, done: threading.Event = done) -> None:
-            while not done.wait(heartbeat_s):
-                service.heartbeat(job_id, token)
-
-        heart = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-        heart.start()
         try:
-            run_inference(
-                service,
-                service.get(job_id),
-                lambda steps, job_id=job_id, token=token: service.heartbeat(job_id, token, iteration=steps),
-                adapters,
-            )
+            with heartbeating(service, job_id, token, heartbeat_s):
+                run_inference(
+                    service,
+                    service.get(job_id),
+                    lambda steps, job_id=job_id, token=token: service.heartbeat(job_id, token, iteration=steps),
+                    adapters,
+                )
             outcome, error = "done", None
         except Exception as exc:
-            outcome, error = "error", "".join(traceback.format_exception(exc))[-4000:]
-            traceback.print_exc()
-        finally:
-            done.set()
-            heart.join()
+            outcome, error = "error", failure(exc)
         status = service.finish(job_id, token, outcome, error)
         print(f"job {job_id}: {status}", flush=True)
         deadline = time.monotonic() + idle_s
