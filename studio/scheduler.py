@@ -32,6 +32,8 @@ from studio.jobs import JobService
 from studio.launch import process_command
 
 log = logging.getLogger(__name__)
+#: how often a worker says again that it lives when nothing changed (submit counts it live for 60 s)
+REGISTER_EVERY_S = 10.0
 
 
 @dataclass
@@ -73,6 +75,7 @@ class JobScheduler:
         self.running: dict[int, _Running] = {}
         self.host = socket.gethostname()
         self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._registered: tuple[float, int] | None = None  # (when, free devices) last written
         self._lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
 
@@ -110,10 +113,16 @@ class JobScheduler:
         self.running[job.id] = _Running(self._spawn(job.id, token, devices), token, devices, pool)
 
     def _register(self) -> None:
-        """Say in the database that this worker lives and what it offers (submit checks job sizes on it)."""
+        """Say in the database that this worker lives and what it offers (submit checks job sizes on it):
+        when the offer changed, else every REGISTER_EVERY_S, not at every tick."""
+        free, now = self.pool.free(), time.monotonic()
+        last = self._registered
+        if last is not None and last[1] == free and now - last[0] < REGISTER_EVERY_S:
+            return
         self.service.register_worker(
-            self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, self.pool.free()
+            self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, free
         )
+        self._registered = (now, free)
 
     def _spawn(self, job_id: int, token: str, devices: list[str]) -> subprocess.Popen:
         run_dir = self.data_dir.run_dir(job_id)
