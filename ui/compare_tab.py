@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from studio.api import BASE, CompareResult, ConfigError, JobError, Studio
+from ui.images import enlarged
 from ui.messages import error_html
 
 POLL_S = 0.5
@@ -23,9 +24,8 @@ DEFAULT_PROMPTS = "a red circle\nthree blue squares\ntwo yellow triangles and a 
 
 def _png(image: np.ndarray, size: int = 160) -> str:
     """The image as an inline PNG, small images enlarged by pixel repetition so nothing blurs them."""
-    factor = max(1, size // image.shape[0])
     buffer = io.BytesIO()
-    Image.fromarray(image.repeat(factor, axis=0).repeat(factor, axis=1)).save(buffer, format="PNG")
+    Image.fromarray(enlarged(image, size)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -7,9 +7,9 @@ import html
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from studio.api import BASE, ConfigError, JobError, LabelSource, Studio
+from ui.images import enlarged
 from ui.messages import error_html
 
 SHOWN_PX = 384  # the side of each image on screen, upscaled without smoothing
@@ -52,12 +52,6 @@ KEYBOARD_SCRIPT = (
     "});\n"
     "</script>"
 )
-
-
-def _shown(image: np.ndarray) -> np.ndarray:
-    """The image upscaled by an integer factor to about SHOWN_PX, every pixel a crisp block."""
-    factor = max(1, SHOWN_PX // max(image.shape[:2]))
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def _error(message: str) -> str:
@@ -150,8 +144,8 @@ def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
             pair = studio.label_pair(session_id)
         except Exception as error:  # a failed generation is shown, the labels so far are kept
             return [gr.update(), None, None, counter, _error(f"could not make the next pair: {error}")]
-        left_image = gr.update(value=_shown(pair.a.image), label=f"Left (1) · {pair.a.origin}")
-        right_image = gr.update(value=_shown(pair.b.image), label=f"Right (2) · {pair.b.origin}")
+        left_image = gr.update(value=enlarged(pair.a.image, SHOWN_PX), label=f"Left (1) · {pair.a.origin}")
+        right_image = gr.update(value=enlarged(pair.b.image, SHOWN_PX), label=f"Right (2) · {pair.b.origin}")
         return [html.escape(pair.prompt), left_image, right_image, counter, message]
 
     def on_start(
