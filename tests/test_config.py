@@ -143,3 +143,33 @@ def test_learning_rate_schedules_start_at_the_rate_and_end_at_the_final_fraction
     if schedule == "cosine":
         linear = OptimizerConfig(lr_schedule="linear", final_lr_fraction=0.1)
         assert opt.lr_factor(2, 11) > linear.lr_factor(2, 11) and opt.lr_factor(8, 11) < linear.lr_factor(8, 11)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"rollout": {"group_size": 100_000_000}}, r"rollout\.group_size: must be at most 1,024, got 100,000,000"),
+        (
+            {"rollout": {"prompts_per_iteration": 512, "group_size": 64}},
+            r"rollout\.group_size: 512 prompt groups x 64 images is 32,768 images per iteration; at most 16,384",
+        ),
+        ({"model": {"resolution": 1004}}, r"model\.resolution: must be a multiple of 8, got 1004"),
+        ({"model": {"resolution": 65536}}, r"model\.resolution: must be at most 4,096"),
+        ({"lora": {"rank": 10**9}}, r"lora\.rank: must be at most 1,024"),
+        ({"vgrpo": {"n_mc": 5000}}, r"vgrpo\.n_mc: must be at most 1,024"),
+        ({"iterations": 10**12}, r"iterations: must be at most 1,000,000"),
+        ({"seed": -3}, r"seed: must be non-negative, got -3"),
+        ({"optimizer": {"learning_rate": float("nan")}}, r"optimizer\.learning_rate: must be a finite number"),
+        ({"optimizer": {"weight_decay": ".inf"}}, r"optimizer\.weight_decay: must be a number"),
+        ({"vgrpo": {"beta": float("inf")}}, r"vgrpo\.beta: must be a finite number, got inf"),
+        ({"logging": {"sample_prompts": ["x" * 5000]}}, r"logging\.sample_prompts\[0\]: at most 4096 characters"),
+        ({"logging": {"sample_prompts": ["a red circle"] * 65}}, r"logging\.sample_prompts: at most 64 prompts"),
+        ({1: 2, "seed": 0}, r"^1: unknown field"),
+        ({"rollout": {"prompts": ["a"] * 10_000}}, r"rollout\.prompts: must be a string, got \['a', .{20,}\.\.\.$"),
+    ],
+)
+def test_sizes_and_numbers_are_bounded_by_field(data, message):
+    """A config that would allocate terabytes, or carries NaN / inf, or strings the size of a file, is
+    refused naming the field and the limit; the error quotes at most a short, cut value."""
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainConfig, data)

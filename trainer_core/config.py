@@ -296,6 +296,41 @@ class LoggingConfig:
 #: the most processes one job may run (a node of 8 GPUs, times 8 nodes)
 MAX_DEVICES = 64
 
+#: Upper bounds of every size a config controls, far above any real run (the papers' largest: 48 prompts x
+#: 24 images, 40 steps, 1024 px, N_MC 10, rank 64), so that a typo or a hostile config is refused by field
+#: instead of allocating terabytes. Whether a bounded job fits a device is decided at submit, from its
+#: estimated peak memory (`trainer_core.memory_estimate`).
+SIZE_LIMITS: dict[str, int] = {
+    "iterations": 1_000_000,
+    "seed": 2**31 - 1,
+    "model.resolution": 4096,
+    "model.decode_batch": 4096,
+    "model.prompt_cache": 1_000_000,
+    "rollout.prompts_per_iteration": 1024,
+    "rollout.group_size": 1024,
+    "rollout.candidate_prompts": 4096,
+    "rollout.steps": 1000,
+    "rollout.batch_size": 4096,
+    "vgrpo.n_mc": 1024,
+    "vgrpo.gradient_steps": 64,
+    "flow_grpo.gradient_steps": 64,
+    "mix_grpo.window_size": 1000,
+    "mix_grpo.window_start": 1000,
+    "mix_grpo.window_stride": 1000,
+    "mix_grpo.window_interval": 1_000_000,
+    "lora.rank": 1024,
+    "logging.sample_every": 1_000_000,
+    "logging.checkpoint_every": 1_000_000,
+    "logging.sample_seeds": 64,
+}
+#: images generated per iteration (prompt groups rolled out x group size)
+MAX_IMAGES_PER_ITERATION = 16384
+#: the longest string any field takes (a prompt, a path, a name)
+MAX_STRING = 4096
+#: prompts of the sample grid, and rewards named in one mix
+MAX_SAMPLE_PROMPTS = 64
+MAX_REWARDS = 32
+
 
 @dataclass(frozen=True)
 class ResourcesConfig:
@@ -374,6 +409,7 @@ class TrainConfig:
                 f"multiple of resources.devices ({self.resources.devices}), and no candidate_prompts or "
                 "drop_tied_groups (every process must run the same forward passes)"
             )
+        self._check_sizes()
         if self.rollout.prompts_rolled_out < self.resources.devices:
             raise ConfigError(
                 f"resources.devices: at most the prompt groups rolled out per iteration "
@@ -384,6 +420,51 @@ class TrainConfig:
                 f"mix_grpo.window_size: must be at most rollout.steps ({self.rollout.steps}), "
                 f"got {self.mix_grpo.window_size}"
             )
+
+    def _check_sizes(self) -> None:
+        """Every size within SIZE_LIMITS, every string within MAX_STRING."""
+        for path, limit in SIZE_LIMITS.items():
+            value = self
+            for part in path.split("."):
+                value = getattr(value, part)
+            if value is not None and value > limit:
+                raise ConfigError(f"{path}: must be at most {limit:,}, got {value:,}")
+            if value is not None and value < 0:
+                raise ConfigError(f"{path}: must be non-negative, got {value:,}")
+        images = self.rollout.prompts_rolled_out * self.rollout.group_size
+        if images > MAX_IMAGES_PER_ITERATION:
+            raise ConfigError(
+                f"rollout.group_size: {self.rollout.prompts_rolled_out} prompt groups x {self.rollout.group_size} "
+                f"images is {images:,} images per iteration; at most {MAX_IMAGES_PER_ITERATION:,} are allowed "
+                "(lower rollout.group_size or rollout.prompts_per_iteration)"
+            )
+        if self.model.resolution is not None and self.model.resolution % 8:
+            raise ConfigError(f"model.resolution: must be a multiple of 8, got {self.model.resolution}")
+        if len(self.logging.sample_prompts) > MAX_SAMPLE_PROMPTS:
+            raise ConfigError(
+                f"logging.sample_prompts: at most {MAX_SAMPLE_PROMPTS} prompts, got {len(self.logging.sample_prompts)}"
+            )
+        if len(self.rewards.weights) + len(self.rewards.monitor) > MAX_REWARDS:
+            raise ConfigError(f"rewards.weights: at most {MAX_REWARDS} rewards in one mix (monitored ones included)")
+        for path, text in _strings(self):
+            if len(text) > MAX_STRING:
+                raise ConfigError(f"{path}: at most {MAX_STRING} characters, got {len(text):,}")
+
+
+def _strings(config: Any, path: str = "") -> typing.Iterator[tuple[str, str]]:
+    """(field path, text) of every string in a config, keys of mappings included."""
+    if dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            yield from _strings(getattr(config, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(config, dict):
+        for key, value in config.items():
+            yield f"{path}.{key}"[:200], str(key)
+            yield from _strings(value, f"{path}.{key}"[:200])
+    elif isinstance(config, tuple | list):
+        for i, value in enumerate(config):
+            yield from _strings(value, f"{path}[{i}]")
+    elif isinstance(config, str):
+        yield path, config
 
 
 # --- YAML <-> dataclasses -----------------------------------------------------------------------
@@ -406,7 +487,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(str(key)[:60] for key in data if key not in fields)
     if unknown:
         raise ConfigError(f"{path}{unknown[0]}: unknown field; allowed: {', '.join(sorted(fields))}")
     values = {}
@@ -432,32 +513,41 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return _coerce(hint, value, path)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(f"{path}: must be a number, got {value!r}")
+            raise ConfigError(f"{path}: must be a number, got {_shown(value)}")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            raise ConfigError(f"{path}: must be a number, got {value!r}") from None
+            raise ConfigError(f"{path}: must be a number, got {_shown(value)}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {_shown(value)}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{path}: must be an integer, got {value!r}")
+            raise ConfigError(f"{path}: must be an integer, got {_shown(value)}")
         return int(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+            raise ConfigError(f"{path}: must be true or false, got {_shown(value)}")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: must be a string, got {value!r}")
+            raise ConfigError(f"{path}: must be a string, got {_shown(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path}: must be a list, got {value!r}")
+            raise ConfigError(f"{path}: must be a list, got {_shown(value)}")
         return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: must be a mapping, got {value!r}")
+            raise ConfigError(f"{path}: must be a mapping, got {_shown(value)}")
         return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
     return value
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as an error quotes it, cut short: a message must stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_config(path: str | Path) -> TrainConfig:
