@@ -46,8 +46,19 @@ class DataDir:
         """Fitted preference rewards: `rewards/NAME/v0001/` holds one version's weights and card."""
         return self.root / "rewards"
 
+    @property
+    def prompts(self) -> Path:
+        """Prompts files the web app's configs may name (`rollout.prompts: mine.txt`)."""
+        return self.root / "prompts"
+
+    @property
+    def label_folders(self) -> Path:
+        """Folders of labels (labels.jsonl + images/) the web app imports from and exports to."""
+        return self.root / "labels" / "folders"
+
     def create(self) -> DataDir:
-        for path in (self.root, self.runs, self.exports, self.models, self.label_images, self.rewards):
+        folders = (self.runs, self.exports, self.models, self.prompts, self.label_images, self.label_folders)
+        for path in (self.root, *folders, self.rewards):
             path.mkdir(parents=True, exist_ok=True)
         return self
 

@@ -34,6 +34,7 @@ from studio.labeling import (
     SessionCounts,
     guide_reward,
 )
+from studio.paths import confine_config, confined, in_data_dir
 from studio.preference import (
     ImportResult,
     export_labels,
@@ -51,10 +52,12 @@ from trainer_core.config import (
     ConfigError,
     TrainConfig,
     field_docs,
+    from_dict,
     load_preset,
     preset_names,
     to_dict,
 )
+from trainer_core.files import TextFileError, read_text_file
 from trainer_core.lora_export import FORMATS
 from trainer_core.model_zoo import BUILTIN_MODELS, ModelNotFoundError, model_class_name, resolve_model
 from trainer_core.preference.artifact import PreferenceCard
@@ -64,6 +67,7 @@ from trainer_core.rewards.registry import reward_specs
 from trainer_core.samplers import SOLVERS
 
 DEFAULT_PRESET = "shapes-quickstart"
+MAX_CONFIG_BYTES = 256 * 1024  # a YAML config pasted or uploaded
 MAX_LABEL_SESSIONS = 16  # open labelling sessions kept; the oldest is closed beyond this
 __all__ = [
     "BASE",
@@ -123,6 +127,8 @@ class Studio:
 
     def config_for_model(self, config: dict[str, Any], model: str) -> dict[str, Any]:
         """`config` on `model`, with the rollout settings and LoRA targets its family trains with by default."""
+        if model not in BUILTIN_MODELS:
+            confined(model, self.data_dir.models, "model.name", self.data_dir)
         try:
             family = model_family(model, self.data_dir.models)
         except ModelNotFoundError as error:
@@ -207,24 +213,38 @@ class Studio:
         return docs
 
     def validate(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The config as the job will run it; raises ConfigError naming the first bad field."""
-        return to_dict(validate_config(config, self.jobs.catalog, self.data_dir.models))
+        """The config as the job will run it; raises ConfigError naming the first bad field. Paths must lie
+        inside the data directory (`studio.paths`): a web user reaches no other file of the server."""
+        checked = from_dict(TrainConfig, config)
+        confine_config(checked, self.data_dir)
+        return to_dict(validate_config(checked, self.jobs.catalog, self.data_dir))
 
     def config_from_yaml(self, text: str) -> dict[str, Any]:
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config: larger than {MAX_CONFIG_BYTES // 1024} KiB; a training config is a few lines")
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"config: not valid YAML ({error})") from None
+        except RecursionError:
+            raise ConfigError("config: nested too deeply; a config has sections of fields") from None
         if not isinstance(data, dict):
             raise ConfigError("config: YAML must be a mapping of sections")
         return self.validate(data)
+
+    def config_from_yaml_file(self, path: str) -> dict[str, Any]:
+        """An uploaded YAML file's config (named `config` in errors: the upload's temporary name means nothing)."""
+        try:
+            return self.config_from_yaml(read_text_file(path, limit=MAX_CONFIG_BYTES))
+        except TextFileError as error:
+            raise ConfigError("config" + str(error).removeprefix(str(path))) from None
 
     @staticmethod
     def config_to_yaml(config: dict[str, Any]) -> str:
         return yaml.safe_dump(config, sort_keys=False)
 
     def submit(self, config: dict[str, Any], name: str = "") -> int:
-        return self.jobs.submit(config, name)
+        return self.jobs.submit(self.validate(config), name)
 
     # --- the Jobs tab --------------------------------------------------------------------------
 
@@ -356,7 +376,8 @@ class Studio:
             if not str(source).startswith("train"):
                 from trainer_core.shapes.prompt_sets import read_prompts_file
 
-                return [*prompts, *(spec.prompt for spec in read_prompts_file(source))]
+                located = in_data_dir(from_dict(TrainConfig, config), self.data_dir).rollout.prompts
+                return [*prompts, *(spec.prompt for spec in read_prompts_file(located))]
             prompt_set = "train: 64 random prompts"
             return [*prompts, *self.label_prompts(prompt_set)]
         if prompt_set == "train: 64 random prompts":
@@ -404,9 +425,16 @@ class Studio:
             session.close()
 
     def fit_preference(self, name: str, features: str, labels_dir: str | None = None) -> PreferenceCard:
-        """Fit a preference reward on every stored label (or a labels folder) as the next version of NAME."""
-        labels = labels_from_folder(Path(labels_dir)) if labels_dir else labels_from_store(self.labels)
+        """Fit a preference reward on every stored label (or a labels folder in the data directory's
+        labels/folders/) as the next version of NAME; `clip:DIR` features read DIR inside models/."""
+        kind, _, argument = features.partition(":")
+        if argument:
+            features = f"{kind}:{confined(argument, self.data_dir.models, 'features', self.data_dir)}"
+        labels = labels_from_folder(self._label_folder(labels_dir)) if labels_dir else labels_from_store(self.labels)
         return fit_preference_reward(labels, features, name, self.jobs.catalog.store)
+
+    def _label_folder(self, name: str, field: str = "folder") -> Path:
+        return confined(name, self.data_dir.label_folders, field, self.data_dir)
 
     def preference_card(self, reference: str) -> PreferenceCard:
         """The card of `pref:NAME` (latest) or `pref:NAME@vN`."""
@@ -416,7 +444,9 @@ class Studio:
         return self.jobs.catalog.preference_names()
 
     def import_labels(self, directory: str) -> ImportResult:
-        return import_labels(self.labels, Path(directory))
+        """Store the labels of a folder in the data directory's labels/folders/."""
+        return import_labels(self.labels, self._label_folder(directory))
 
     def export_labels(self, out: str) -> int:
-        return export_labels(self.labels, Path(out))
+        """Write every label to a new folder in the data directory's labels/folders/."""
+        return export_labels(self.labels, self._label_folder(out))

@@ -372,6 +372,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = load_preset(args.preset)
     else:
         raise CliError(f"--resume: {args.out} holds no run to resume")
+    from storage.data_dir import DataDir
+    from studio.paths import owner_paths
+
+    data_dir = DataDir(args.data_dir)
+    if not (args.resume and run.exists()):
+        config = owner_paths(config, data_dir)  # relative paths: against this directory, as typed
     if args.iterations is not None:
         config = dataclasses.replace(config, iterations=args.iterations)
     if args.time_budget_minutes is not None:
@@ -395,9 +401,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
         bar.refresh()
 
-    from storage.data_dir import DataDir
-
-    result = run_training(config, args.out, resume=args.resume, on_iteration=report, data_dir=DataDir(args.data_dir))
+    result = run_training(config, args.out, resume=args.resume, on_iteration=report, data_dir=data_dir)
     bar.close()
     world.close()
     if not world.is_main:
@@ -688,12 +692,14 @@ def cmd_jobs(args: argparse.Namespace) -> None:
 
     from studio.bench import format_rows
     from studio.jobs import JobError
+    from studio.paths import owner_paths
     from trainer_core.config import load_config, load_preset, to_dict
 
     service = _job_service(args)
     try:
         if args.jobs_command == "submit":
             config = load_config(args.config) if args.config else load_preset(args.preset)
+            config = owner_paths(config, service.data_dir)  # the worker may run elsewhere: paths made absolute
             print(service.submit(to_dict(config), args.name, args.priority))
         elif args.jobs_command == "list":
             rows = [_job_row(v) for v in service.list_jobs(args.limit, status=args.status)]

@@ -11,7 +11,6 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import case, delete, func, literal, select, update
@@ -35,24 +34,59 @@ class JobError(ValueError):
 
 
 def validate_config(
-    data: dict[str, Any] | TrainConfig, catalog: RewardCatalog | None = None, models_dir: Path | None = None
+    data: dict[str, Any] | TrainConfig, catalog: RewardCatalog | None = None, data_dir: DataDir | None = None
 ) -> TrainConfig:
-    """The whole config, checked before anything is stored: fields, the model and the rewards exist.
+    """The whole config, checked before anything is stored: fields; the model, its weights in safetensors
+    (unless allowed otherwise), the rewards and the prompts file exist and can be read.
 
-    Preference rewards are looked up in `catalog` (the default data directory's when None), model names
-    also in `models_dir`.
+    Relative paths are looked up in `data_dir` (`studio.paths`; the default data directory when None),
+    preference rewards in `catalog` (the data directory's when None).
     """
     from trainer_core.adapters import model_family
-    from trainer_core.model_zoo import ModelNotFoundError
+    from trainer_core.model_zoo import ModelNotFoundError, pickled_only_components, resolve_model
 
+    data_dir = data_dir or DataDir()
     config = data if isinstance(data, TrainConfig) else from_dict(TrainConfig, data)
     try:
-        model_family(config.model.name, models_dir)
+        model_family(config.model.name, data_dir.models)
     except ModelNotFoundError as error:
         message = str(error).removeprefix("model:").strip()
         raise ConfigError(f"model.name: {message}") from None
-    (catalog or RewardCatalog()).check(config.rewards.weights, config.rewards)
+    pickled = pickled_only_components(resolve_model(config.model.name, data_dir.models))
+    if pickled and config.model.safetensors_only:
+        raise ConfigError(
+            f"model.name: {config.model.name} has weights only as pickles, which can run code when read: "
+            f"{'; '.join(pickled)}; convert them to safetensors, or (the machine's owner, from the command line) "
+            "set model.safetensors_only: false"
+        )
+    (catalog or RewardCatalog(data_dir)).check(config.rewards.weights, config.rewards)
+    check_prompts_file(config, data_dir)
     return config
+
+
+def check_prompts_file(config: TrainConfig, data_dir: DataDir) -> None:
+    """A prompts file is readable text and every reward of the mix that reads prompts can read each line
+    (a shapes reward on a free-text prompt would fail the job at its first iteration). Errors name the
+    file as the config does, and a line by its number, never by its content."""
+    from studio.paths import in_data_dir
+    from trainer_core.prompt_source import PromptSource, read_prompt_lines
+    from trainer_core.rewards.registry import reward_specs
+
+    named = config.rollout.prompts
+    if named in PromptSource.SPECS:
+        return
+    located = in_data_dir(config, data_dir).rollout.prompts
+    try:
+        lines = read_prompt_lines(located)
+    except ValueError as error:
+        raise ConfigError(str(error).replace(located, named)) from None
+    specs = reward_specs()
+    for name in config.rewards.scored:
+        check = specs[name].prompt_problem if name in specs else None
+        for number, line in lines if check else ():
+            problem = check(line)
+            if problem:
+                raise ConfigError(f"rollout.prompts: {config.rollout.prompts}:{number}: reward {name}: {problem}")
 
 
 def pin_rewards(config: TrainConfig, catalog: RewardCatalog) -> TrainConfig:
@@ -99,7 +133,7 @@ class JobService:
     ) -> list[int]:
         """Several jobs in one transaction, all validated first: all are stored or none is. Preference
         rewards are pinned to their latest version (`pref:NAME` -> `pref:NAME@vN`)."""
-        checked = [pin_rewards(validate_config(c, self.catalog, self.data_dir.models), self.catalog) for c in configs]
+        checked = [pin_rewards(validate_config(c, self.catalog, self.data_dir), self.catalog) for c in configs]
         if max_attempts < 1:
             raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
         largest = self.largest_worker()

@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from storage.labels import CHOICES, LabelRecord, LabelStore, NewLabel, image_digest
 from storage.reward_store import RewardStore, check_reward_name
+from trainer_core.files import TextFileError, read_text_file
 from trainer_core.preference.artifact import PreferenceCard, load_card, save_preference_model
 from trainer_core.preference.bradley_terry import BradleyTerryConfig, fit_with_validation, outcomes, shared_image_groups
 from trainer_core.preference.features import ImageFeatures, build_features
@@ -151,9 +152,9 @@ def read_label_folder(directory: Path) -> list[_Line]:
     if not path.is_file():
         raise LabelImportError(f"{path}: no {LABELS_FILE} in {directory}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise LabelImportError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        text = read_text_file(path)
+    except TextFileError as error:
+        raise LabelImportError(str(error)) from None
     lines, errors = [], []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from storage.data_dir import DataDir
+from studio.paths import in_data_dir
 from studio.reward_catalog import RewardCatalog
 from studio.runs import RunDirectory
 from trainer_core.adapters import load_model
@@ -19,6 +20,7 @@ from trainer_core.algorithms import make_trainer
 from trainer_core.config import TrainConfig, dump_config, load_config
 from trainer_core.distributed import World
 from trainer_core.image_grid import save_grid
+from trainer_core.model_zoo import pickled_weights
 from trainer_core.rewards.base import RewardMix
 from trainer_core.trainer import GroupTrainer
 
@@ -97,14 +99,15 @@ def run_training(
         run.create(dump_config(config))
     config = world.broadcast(config)  # type: ignore[assignment]
 
-    models = (data_dir or DataDir()).models
-    adapter = load_model(config.model, models)
-    rewards = build_rewards(config, data_dir)
+    data_dir = data_dir or DataDir()
+    with pickled_weights(not config.model.safetensors_only):
+        adapter = load_model(config.model, data_dir.models)
+        rewards = build_rewards(config, data_dir)
     latest = world.broadcast(run.latest_checkpoint()) if resume else None
     sharded = config.resources.fsdp and world.size > 1
     if latest is not None and sharded:  # into whole weights, before the trainer shards them
         adapter.load_lora(run.checkpoint_paths(latest)[0])
-    trainer = make_trainer(adapter, rewards, config)
+    trainer = make_trainer(adapter, rewards, in_data_dir(config, data_dir))
 
     start = 0
     if latest is not None:

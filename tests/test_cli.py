@@ -33,7 +33,7 @@ def test_eval_reports_the_bad_line_of_a_prompts_file(tmp_path, capsys):
     code = main(["eval", "--model", "shapes-base", "--prompts-file", str(prompts), "--seeds", "1"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "prompts.txt:3" in err and "'three dogs'" in err and "not a shapes prompt" in err
+    assert "prompts.txt:3: not a shapes prompt (shape: must be one of" in err and "dogs" not in err
 
 
 def test_eval_refuses_an_unknown_model(tmp_path, capsys):

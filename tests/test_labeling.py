@@ -3,6 +3,7 @@ versioned reward that jobs pin; pairs drawn from models and from a job's sample 
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,41 +166,43 @@ def line(**changes) -> dict:
 
 
 def test_labels_round_trip_through_a_folder(studio, tmp_path):
+    folders = studio.data_dir.label_folders  # the web app's label folders live in the data directory
     write_folder(
-        tmp_path / "in",
+        folders / "in",
         [
             line(),
             line(choice="tie", image_b="images/200.png"),
             line(choice="b", labeller="bob", created_at="2026-03-01T10:00:00+00:00", seed_a=3, seed_b=4),
         ],
     )
-    result = studio.import_labels(str(tmp_path / "in"))
+    result = studio.import_labels("in")
     assert (result.added, result.already_stored) == (3, 0)
     assert len(list(studio.data_dir.label_images.rglob("*.png"))) == 3  # images/10.png once for three labels
 
-    assert studio.export_labels(str(tmp_path / "out")) == 3
-    exported = [json.loads(x) for x in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
+    assert studio.export_labels("out") == 3
+    exported = [json.loads(x) for x in (folders / "out" / "labels.jsonl").read_text().splitlines()]
     # oldest first: bob's label carries its own (earlier) time
     assert [(e["choice"], e["labeller"]) for e in exported] == [("b", "bob"), ("a", "ann"), ("tie", "ann")]
     assert (exported[0]["seed_a"], exported[0]["created_at"]) == (3, "2026-03-01T10:00:00+00:00")
     for e in exported:
-        original = np.asarray(Image.open(tmp_path / "out" / e["image_a"]).convert("RGB"))
+        original = np.asarray(Image.open(folders / "out" / e["image_a"]).convert("RGB"))
         assert original.shape == (8, 8, 3) and (original == 10).all()
 
     # importing the export into a second studio gives the same labels; importing it again adds nothing
     other = Studio(DataDir(tmp_path / "other"))
-    assert other.import_labels(str(tmp_path / "out")).added == 3
-    again = other.import_labels(str(tmp_path / "out"))
+    shutil.copytree(folders / "out", other.data_dir.label_folders / "copied")
+    assert other.import_labels("copied").added == 3
+    again = other.import_labels("copied")
     assert (again.added, again.already_stored) == (0, 3)
-    assert studio.import_labels(str(tmp_path / "out")).added == 0
+    assert studio.import_labels("out").added == 0
     key = [(r.prompt, r.choice, r.labeller) for r in other.labels.all()]
     assert key == [(r.prompt, r.choice, r.labeller) for r in studio.labels.all()]
     with pytest.raises(ValueError, match=r"--out: .* is not empty"):
-        studio.export_labels(str(tmp_path / "out"))
+        studio.export_labels("out")
 
 
 def test_a_bad_import_names_each_bad_line_and_stores_nothing(studio, tmp_path):
-    folder = tmp_path / "bad"
+    folder = studio.data_dir.label_folders / "bad"
     write_folder(
         folder,
         [
@@ -217,7 +220,7 @@ def test_a_bad_import_names_each_bad_line_and_stores_nothing(studio, tmp_path):
     with (folder / "labels.jsonl").open("a") as file:
         file.write(json.dumps(line(image_a="images/broken.png")) + "\n")
     with pytest.raises(LabelImportError) as refused:
-        studio.import_labels(str(folder))
+        studio.import_labels("bad")
     message = str(refused.value)
     path = folder / "labels.jsonl"
     for number, expected in [
@@ -235,11 +238,33 @@ def test_a_bad_import_names_each_bad_line_and_stores_nothing(studio, tmp_path):
 
 
 def test_fitting_needs_enough_decided_labels(studio, tmp_path):
-    write_folder(tmp_path / "few", [line(), line(choice="b")])
+    write_folder(studio.data_dir.label_folders / "few", [line(), line(choice="b")])
     with pytest.raises(ValueError, match="at least 10 labels that are not ties, there are 2"):
-        studio.fit_preference("few", "shapes-stats", str(tmp_path / "few"))
+        studio.fit_preference("few", "shapes-stats", "few")
     with pytest.raises(ValueError, match="name: 'Bad Name' is not allowed"):
-        studio.fit_preference("Bad Name", "shapes-stats", str(tmp_path / "few"))
+        studio.fit_preference("Bad Name", "shapes-stats", "few")
+
+
+def test_label_folders_from_the_web_stay_in_the_data_directory(studio, tmp_path):
+    write_folder(tmp_path / "elsewhere", [line()])
+    for folder, message in [
+        (
+            str(tmp_path / "elsewhere"),
+            r"folder: absolute paths are not accepted from the web app; name a path inside "
+            r"labels/folders/ of the data directory",
+        ),
+        ("../../elsewhere", r"folder: '\.\.' is not accepted"),
+        ("~/elsewhere", "folder: absolute paths"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            studio.import_labels(folder)
+        with pytest.raises(ValueError, match=message):
+            studio.export_labels(folder)
+        with pytest.raises(ValueError, match=message):
+            studio.fit_preference("mine", "shapes-stats", folder)
+    with pytest.raises(ValueError, match=r"features: absolute paths .* inside models/"):
+        studio.fit_preference("mine", f"clip:{tmp_path}")
+    assert studio.labels.count() == 0 and not (tmp_path / "elsewhere" / "x").exists()
 
 
 def brightness_and_redness(images: np.ndarray, prompts: list[str]) -> np.ndarray:

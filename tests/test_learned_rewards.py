@@ -132,12 +132,17 @@ def test_listing_loads_nothing_and_missing_weights_are_refused_by_path(tmp_path,
         ConfigError, match=r"rewards\.weights\.pickscore: .*rewards/pickscore does not exist; put PickScore"
     ):
         studio.validate(config)
+    (studio.data_dir.models / "my-aesthetic").mkdir()
     config["rewards"] = {
         "weights": {"partial": 1.0},
         "monitor": ["aesthetic"],
-        "models": {"aesthetic": {"path": str(tmp_path)}},
+        "models": {"aesthetic": {"path": "my-aesthetic"}},  # relative to the data directory's models/
     }
-    with pytest.raises(ConfigError, match=rf"rewards\.monitor\.aesthetic: {tmp_path} lacks clip/config.json"):
+    expected = studio.data_dir.models / "my-aesthetic"
+    with pytest.raises(ConfigError, match=rf"rewards\.monitor\.aesthetic: {expected} lacks clip/config.json"):
+        studio.submit(config)
+    config["rewards"]["models"]["aesthetic"]["path"] = str(tmp_path)  # the web app names no server path
+    with pytest.raises(ConfigError, match=r"rewards\.models\.aesthetic\.path: absolute paths are not accepted"):
         studio.submit(config)
     assert studio.jobs.list_jobs() == []  # nothing stored for a refused job
 

@@ -1,7 +1,9 @@
+import contextlib
 from collections import Counter
 
 import pytest
 
+from trainer_core.prompt_source import PromptSource
 from trainer_core.shapes.grammar import CATEGORIES, UNSEEN_COMBOS
 from trainer_core.shapes.prompt_sets import (
     HELDOUT_PATH,
@@ -37,8 +39,31 @@ def test_heldout_holds_combinations_never_trained_on():
 def test_bad_line_is_reported_with_its_number(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("a red circle\n\n# a comment\ntwo green squares\na purple hexagon\n")
-    with pytest.raises(PromptFileError, match=r"prompts.txt:5: 'a purple hexagon' is not a shapes prompt: shape"):
+    with pytest.raises(PromptFileError, match=r"prompts.txt:5: not a shapes prompt \(shape: must be one of ") as error:
         read_prompts_file(path)
+    assert "hexagon" not in str(error.value) and "purple" not in str(error.value)  # the file's words stay in it
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a\xffb", r"p.txt: not UTF-8 text \(byte 0xff at offset 1\)$"),
+        (
+            b"a red circle\nroot:x:0:0:root:/root:/bin/bash\n",
+            r"p.txt:2: not a shapes prompt \(cannot read an object group\)$",
+        ),
+        (b"three red circles left of\n", r"p.txt:1: not a shapes prompt \(\w+"),
+    ],
+)
+def test_unreadable_prompts_files_name_file_and_line_never_their_content(tmp_path, content, message):
+    path = tmp_path / "p.txt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        read_prompts_file(path)
+    reason = str(error.value).split("p.txt", 1)[1]
+    assert "root" not in reason and "circles" not in reason
+    with pytest.raises(ValueError, match=r"p.txt: not UTF-8") if b"\xff" in content else contextlib.nullcontext():
+        PromptSource(str(path), seed=0)
 
 
 def test_comments_and_blank_lines_are_skipped():

@@ -39,7 +39,7 @@ def test_models_list_builtins_and_local_directories_with_their_family(studio, ti
     assert studio.validate(config)["model"]["name"] == "mine"
     assert config["rollout"]["steps"] == 8 and config["lora"]["target_modules"][:2] == ["to_q", "to_k"]
     with pytest.raises(ConfigError, match=r"model\.name: .*supported pipelines: .*StableDiffusionXLPipeline"):
-        studio.validate(studio.config_for_model(studio.preset_config(), "mine") | {"model": {"name": str(other)}})
+        studio.validate(studio.config_for_model(studio.preset_config(), "mine") | {"model": {"name": "cascade"}})
     with pytest.raises(ConfigError, match=r"model\.name: 'nowhere' is not a built-in model"):
         studio.config_for_model(studio.preset_config(), "nowhere")
 

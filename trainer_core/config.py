@@ -46,7 +46,8 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The base model.
 
-    name: a built-in model (shapes-base) or a local diffusers directory (shapes-base).
+    name: a built-in model, a diffusers directory in the data directory's models/ (relative), or any local
+        diffusers directory (absolute; the command line's own) (shapes-base).
     device: "auto" (CUDA when present), "cpu" or "cuda" (auto).
     mixed_precision: "auto" (bf16 autocast on CUDA, fp32 on CPU), "no" or "bf16" (auto).
     resolution: image side for latent models; None keeps the model's native size (None).
@@ -56,6 +57,8 @@ class ModelConfig:
         "auto": the family's default (on for SDXL, SD3 and FLUX; nothing moves on a CPU) (auto).
     decode_batch: latents the VAE decodes at once; 0 for the family's default (0).
     prompt_cache: prompts whose embeddings are kept, so that each is encoded once; 0 keeps none (256).
+    safetensors_only: load weights only from safetensors files; pickled ones (.bin, .ckpt) can run code when
+        read, so only the machine's owner may turn this off, from the command line (true).
     """
 
     name: str = "shapes-base"
@@ -66,6 +69,7 @@ class ModelConfig:
     offload: str = "auto"
     decode_batch: int = 0
     prompt_cache: int = 256
+    safetensors_only: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or not str(self.name).strip():
@@ -99,7 +103,8 @@ class RolloutConfig:
         probability kept uniform: rollouts go to what the policy does not yet always get right or
         always get wrong), "train-counterfactual" (pairs of a prompt and the same scene with another
         count, the opposite relation or the colours swapped; with `shared_noise`, one layout is judged
-        under both) or a path to a prompts file (train).
+        under both) or a prompts file, one prompt per line: relative to the data directory's prompts/, or
+        absolute (the command line's own) (train).
     batch_size: images per model call, to bound memory (64).
     candidate_prompts: prompt groups rolled out per iteration before selection; when larger than
         prompts_per_iteration, only the prompts_per_iteration groups whose rewards spread the most

@@ -37,3 +37,28 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
         file.write(data.encode() if isinstance(data, str) else data)
         file.flush()
         os.fsync(file.fileno())
+
+
+#: the largest text file read as prompts or labels (a prompts file is a few kilobytes)
+MAX_TEXT_FILE = 64 * 2**20
+
+
+class TextFileError(ValueError):
+    """A file that should hold text and does not; the message names the file, never its content."""
+
+
+def read_text_file(path: str | Path, limit: int = MAX_TEXT_FILE) -> str:
+    """The UTF-8 text of `path`, or a TextFileError: `FILE: not UTF-8 text (byte 0xff at offset 1)`,
+    `FILE: does not exist`, `FILE: larger than 64 MiB`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextFileError(f"{path}: does not exist or is not a file")
+    if path.stat().st_size > limit:
+        raise TextFileError(f"{path}: larger than {limit // 2**20} MiB; not read")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TextFileError(
+            f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})"
+        ) from None

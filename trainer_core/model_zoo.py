@@ -6,7 +6,10 @@ shipped inside the package) or a local directory with `model_index.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -21,6 +24,43 @@ class ModelNotFoundError(ValueError):
     """A model name that is neither built in nor a usable local directory."""
 
 
+#: Pickled weights (.bin, .ckpt, .pt) can run code when read: loaders read safetensors only, unless the
+#: machine's owner allows pickles for a job (`model.safetensors_only: false`, from the command line).
+_PICKLES_ALLOWED: ContextVar[bool] = ContextVar("pickled_weights_allowed", default=False)
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+@contextlib.contextmanager
+def pickled_weights(allowed: bool) -> Iterator[None]:
+    """Loads inside the block may read pickled weights when `allowed`."""
+    token = _PICKLES_ALLOWED.set(allowed)
+    try:
+        yield
+    finally:
+        _PICKLES_ALLOWED.reset(token)
+
+
+def use_safetensors() -> bool | None:
+    """What diffusers' and transformers' `from_pretrained(use_safetensors=...)` are given: True (safetensors
+    or an error) unless pickles are allowed, then None (safetensors when present, else the pickle)."""
+    return None if _PICKLES_ALLOWED.get() else True
+
+
+def pickled_only_components(path: Path) -> list[str]:
+    """The pipeline's components whose weights exist only as pickles (what `use_safetensors=True` refuses)."""
+    index = json.loads((path / "model_index.json").read_text())
+    found = []
+    for component, entry in index.items():
+        folder = path / component
+        if component.startswith("_") or not isinstance(entry, list) or not folder.is_dir():
+            continue
+        files = [f for f in folder.iterdir() if f.is_file()]
+        pickles = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickles and not any(f.suffix == ".safetensors" for f in files):
+            found.append(f"{component} ({', '.join(sorted(pickles))})")
+    return found
+
+
 def resolve_model(name_or_path: str, models_dir: Path | None = None) -> Path:
     """The pipeline directory for a built-in name, a name in `models_dir` (the studio's own models) or a
     local path."""
@@ -33,11 +73,9 @@ def resolve_model(name_or_path: str, models_dir: Path | None = None) -> Path:
                 f"model: built-in {name_or_path!r} has no weights at {path}; run `vgrpo pretrain-shapes --out {path}`"
             )
         return path
-    if models_dir is not None and Path(name_or_path).name == name_or_path:
-        local = models_dir / name_or_path
-        if (local / "model_index.json").is_file():
-            return local
     path = Path(name_or_path).expanduser()
+    if models_dir is not None and not path.is_absolute():  # a relative name is a directory in models_dir
+        path = models_dir / name_or_path
     if not path.is_dir():
         where = f", a model in {models_dir}" if models_dir is not None else ""
         raise ModelNotFoundError(
@@ -72,7 +110,7 @@ def load_shapes_pipeline(name_or_path: str = "shapes-base", device: str | torch.
     class_name = model_class_name(path)
     if class_name != ShapesPipeline.__name__:
         raise ModelNotFoundError(f"model: {path} holds a {class_name}; this command needs a ShapesPipeline")
-    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True)
+    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True, use_safetensors=use_safetensors())
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.text_encoder):
         module.eval().requires_grad_(False)

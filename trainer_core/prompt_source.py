@@ -7,6 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer_core.files import read_text_file
+
+
+def read_prompt_lines(spec: str) -> list[tuple[int, str]]:
+    """(line number, prompt) of each non-blank line of the file `spec` names, or a ValueError naming
+    `rollout.prompts` and the file, never its content."""
+    if not Path(spec).is_file():
+        allowed = ", ".join(PromptSource.SPECS)
+        raise ValueError(f"rollout.prompts: {spec!r} is neither one of {allowed} nor an existing prompts file")
+    try:
+        lines = [(n, line.strip()) for n, line in enumerate(read_text_file(spec).splitlines(), 1) if line.strip()]
+    except ValueError as error:
+        raise ValueError(f"rollout.prompts: {error}") from None
+    if not lines:
+        raise ValueError(f"rollout.prompts: {spec} holds no prompts")
+    return lines
+
 
 class PromptSource:
     """Prompts for rollouts: the shapes grammar's training sampler, or the lines of a file.
@@ -38,14 +55,7 @@ class PromptSource:
         self.category_spread: dict[str, float] = {}
         self.drawn_categories: list[str] = []  # of the last draw, for `observe`
         if spec not in self.SPECS:
-            path = Path(spec)
-            if not path.is_file():
-                raise ValueError(
-                    f"rollout.prompts: {spec!r} is neither one of {', '.join(self.SPECS)} nor an existing prompts file"
-                )
-            self.lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            if not self.lines:
-                raise ValueError(f"rollout.prompts: {spec} holds no prompts")
+            self.lines = [prompt for _, prompt in read_prompt_lines(spec)]
 
     def draw(self, n: int) -> list[str]:
         if self.lines is not None:

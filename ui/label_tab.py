@@ -127,10 +127,18 @@ def build(studio: Studio) -> tuple[Any, list[gr.components.Component]]:
         card = gr.HTML(elem_id="label-fit-card")
     with gr.Accordion("Import / export labels (a folder with labels.jsonl and its images)", open=False):
         with gr.Row():
-            import_dir = gr.Textbox(label="Import from folder", elem_id="label-import-dir")
+            import_dir = gr.Textbox(
+                label="Import from folder",
+                info="a folder in labels/folders/ of the data directory",
+                elem_id="label-import-dir",
+            )
             import_button = gr.Button("Import")
         with gr.Row():
-            export_dir = gr.Textbox(label="Export to a new folder", elem_id="label-export-dir")
+            export_dir = gr.Textbox(
+                label="Export to a new folder",
+                info="created in labels/folders/ of the data directory",
+                elem_id="label-export-dir",
+            )
             export_button = gr.Button("Export")
         transfer = gr.HTML(elem_id="label-transfer")
 

@@ -287,8 +287,10 @@ def build(studio: Studio) -> TrainForm:
             return apply(str(error))
 
     def on_yaml_file(file: str) -> list[Any]:
-        with open(file, encoding="utf-8") as handle:
-            return on_from_yaml(handle.read())
+        try:
+            return apply(studio.config_from_yaml_file(file))
+        except ConfigError as error:
+            return apply(str(error))
 
     def on_preset(name: str) -> list[Any]:
         return apply(studio.preset_config(name))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from trainer_core import lora
+from trainer_core.model_zoo import use_safetensors
 from trainer_core.samplers import VelocityFn, solve
 
 
@@ -102,7 +103,9 @@ def load_pipeline(pipeline: str, path: Path, device: torch.device, optional: tup
     index = json.loads((Path(path) / "model_index.json").read_text())
     absent = {name: None for name in optional if index.get(name) in (None, [None, None])}
     cls = getattr(diffusers, pipeline)
-    pipe = cls.from_pretrained(path, dtype=weight_dtype(device), local_files_only=True, **absent, **fixed)
+    pipe = cls.from_pretrained(
+        path, dtype=weight_dtype(device), local_files_only=True, use_safetensors=use_safetensors(), **absent, **fixed
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer_core.model_zoo import use_safetensors
 from trainer_core.preference.features import ImageFeatures
 
 
@@ -64,7 +65,7 @@ class ClipFeatures(ImageFeatures):
             )
         self.spec = f"clip:{directory.resolve()}"
         self._use(
-            CLIPModel.from_pretrained(directory, local_files_only=True, dtype=dtype),
+            CLIPModel.from_pretrained(directory, local_files_only=True, dtype=dtype, use_safetensors=use_safetensors()),
             AutoImageProcessor.from_pretrained(directory, local_files_only=True),
             AutoTokenizer.from_pretrained(directory, local_files_only=True),
             device,

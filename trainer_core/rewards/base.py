@@ -44,7 +44,8 @@ DTYPES = ("auto", "float32", "bfloat16")
 class RewardModelConfig:
     """How a learned reward loads and runs (`rewards.models.NAME`).
 
-    path: its weights, a directory or a file; "" looks in `<models dir>/rewards/NAME` ("").
+    path: its weights, a directory or a file, relative to the models directory or absolute; "" looks in
+        `<models dir>/rewards/NAME` ("").
     device: auto (the GPU when there is one), cpu, cuda or cuda:N (auto).
     dtype: auto (bf16 on a GPU, fp32 on a CPU), float32 or bfloat16 (auto).
     batch_size: images scored per model call (16).
@@ -56,7 +57,11 @@ class RewardModelConfig:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if not isinstance(self.path, str):
+            raise ValueError(f"path: must be a string, got {type(self.path).__name__}")
+        if not isinstance(self.device, str) or (
+            self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:")
+        ):
             raise ValueError(f"device: must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainer_core.rewards.base import Reward
 from trainer_core.rewards.registry import RewardModelConfig, RewardSpec, build_rewards
-from trainer_core.shapes.grammar import parse_prompt
+from trainer_core.shapes.grammar import PromptError, parse_prompt
 from trainer_core.shapes.scoring import SCORE_NAMES, score_images
 
 
@@ -73,7 +73,15 @@ def _shapes_spec(name: str) -> RewardSpec:
     def build(config: RewardModelConfig, path: Path | None, shared: dict[str, Any]) -> Reward:
         return ShapesReward(name, shared.setdefault("shapes", ShapesScores()))  # one detector pass per image
 
-    return RewardSpec(name, SHAPES_DESCRIPTIONS[name], build)
+    return RewardSpec(name, SHAPES_DESCRIPTIONS[name], build, prompt_problem=_shapes_prompt_problem)
+
+
+def _shapes_prompt_problem(prompt: str) -> str:
+    try:
+        parse_prompt(prompt)
+    except PromptError as error:
+        return f"not a shapes prompt ({error.rule()})"
+    return ""
 
 
 REWARDS = (

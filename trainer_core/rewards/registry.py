@@ -30,6 +30,8 @@ class RewardSpec:
     weights: what its weights are and where they come from; "" for a reward that needs none.
     files: what must be inside the weights directory (checked before a job starts).
     requires: what else it needs, checked before a job starts: () -> what is missing, or "".
+    prompt_problem: for a reward that reads its prompts (the shapes world's parse them): prompt -> why it
+        cannot score images of it, or "" (checked on a prompts file before a job starts).
     """
 
     name: str
@@ -38,13 +40,14 @@ class RewardSpec:
     weights: str = ""
     files: tuple[str, ...] = ()
     requires: Callable[[], str] | None = None
+    prompt_problem: Callable[[str], str] | None = None
 
     def weights_path(self, config: RewardModelConfig, models_dir: Path | None) -> Path | None:
         """Where its weights are looked for (None for a reward without weights)."""
         if not self.weights:
             return None
-        if config.path:
-            return Path(config.path).expanduser()
+        if config.path:  # relative: inside the models directory, as the web app confines it
+            return (models_dir or Path("models")) / Path(config.path).expanduser()
         return (models_dir or Path("models")) / "rewards" / self.name
 
     def missing(self, config: RewardModelConfig, models_dir: Path | None) -> str:

@@ -14,6 +14,7 @@ colour or shape so that every object in an image belongs to at most one group.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple")
@@ -37,6 +38,10 @@ UNSEEN_COMBOS: frozenset[tuple[int, str, str]] = frozenset(
 
 class PromptError(ValueError):
     """A prompt that is not a sentence of the shapes grammar."""
+
+    def rule(self) -> str:
+        """The rule the prompt broke, without the prompt's own words (what a file's error may show)."""
+        return re.split(r",? got | (?:from|in) '", str(self), maxsplit=1)[0]
 
 
 @dataclass(frozen=True)

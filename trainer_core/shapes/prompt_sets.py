@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer_core.files import read_text_file
 from trainer_core.shapes.grammar import (
     CATEGORIES,
     COLORS,
@@ -92,10 +93,7 @@ def read_prompts_file(path: str | Path) -> list[SceneSpec]:
 
     Raises PromptFileError naming the first bad line and why.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file: {path} does not exist")
-    return parse_prompt_lines(path.read_text(encoding="utf-8").splitlines(), str(path))
+    return parse_prompt_lines(read_text_file(path).splitlines(), str(path))
 
 
 def parse_prompt_lines(lines: Iterable[str], source: str = "<prompts>") -> list[SceneSpec]:
@@ -107,7 +105,7 @@ def parse_prompt_lines(lines: Iterable[str], source: str = "<prompts>") -> list[
         try:
             specs.append(parse_prompt(text))
         except PromptError as error:
-            raise PromptFileError(source, number, f"{text!r} is not a shapes prompt: {error}") from None
+            raise PromptFileError(source, number, f"not a shapes prompt ({error.rule()})") from None
     if not specs:
         raise PromptFileError(source, 0, "no prompts")
     return specs
