@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -60,6 +60,8 @@ class Job(Base):
     worker_devices: Mapped[str | None] = mapped_column(String(200))  # what its worker gave it: "cuda:0,cuda:1"
     # train, or a short inference task run by a worker for the web app (compare, generate)
     kind: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
+    memory_estimate: Mapped[int | None] = mapped_column(BigInteger)  # peak bytes per device, estimated at submit
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # a retried job waits until then
 
 
 class Worker(Base):
@@ -73,6 +75,7 @@ class Worker(Base):
     devices: Mapped[list] = mapped_column(JSON)  # ["cuda:0", "cuda:1"] or ["cpu:0", ...]
     jobs_per_device: Mapped[int] = mapped_column(Integer)
     free_devices: Mapped[int] = mapped_column(Integer)  # devices with room for one more job
+    device_memory: Mapped[int | None] = mapped_column(BigInteger)  # bytes of the smallest of its devices
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -21,12 +21,12 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import JobStatus
+from studio.failures import classify
 from studio.jobs import JobService
 from studio.logs import quiet_libraries
 from studio.runs import RunDirectory
@@ -73,10 +73,11 @@ def heartbeating(
         heart.join()
 
 
-def failure(error: Exception) -> str:
-    """What a failed job keeps as its error: the end of the traceback (also printed to its log)."""
-    traceback.print_exception(error)
-    return "".join(traceback.format_exception(error))[-4000:]
+def ended_by(error: Exception) -> tuple[str, str]:
+    """The outcome and stored error of a job whose run raised `error`: "failed" when it would fail the same
+    way again, "error" (retried after a backoff) when it may pass (`studio.failures`)."""
+    failure = classify(error)
+    return ("error" if failure.retry else "failed"), failure.text()
 
 
 def run_claimed_job(
@@ -131,7 +132,7 @@ def run_claimed_job(
             )
         outcome, error = ("stopped" if result.interrupted else "done"), None
     except Exception as exc:  # the job failed; the process itself ends cleanly
-        outcome, error = "error", failure(exc)
+        outcome, error = ended_by(exc)
     return service.finish(job_id, token, outcome, error)
 
 
@@ -158,7 +159,7 @@ def serve_inference(
                 )
             outcome, error = "done", None
         except Exception as exc:
-            outcome, error = "error", failure(exc)
+            outcome, error = ended_by(exc)
         status = service.finish(job_id, token, outcome, error)
         print(f"job {job_id}: {status}", flush=True)
         deadline = time.monotonic() + idle_s

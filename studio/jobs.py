@@ -27,6 +27,11 @@ from trainer_core.config import ConfigError, TrainConfig, from_dict, to_dict
 S = JobStatus
 #: a worker that has not said it lives for this long no longer counts at submit
 WORKER_STALE_S = 60.0
+#: how a claimed job can end (`JobService.finish`)
+OUTCOMES = ("done", "stopped", "failed", "error")
+#: the first wait before a job whose attempt failed for a reason that may pass runs again; it doubles
+RETRY_BACKOFF_S = 10.0
+MAX_RETRY_BACKOFF_S = 600.0
 
 
 class JobError(ValueError):
@@ -116,9 +121,10 @@ class JobView:
 
 
 class JobService:
-    def __init__(self, database: Database, data_dir: DataDir) -> None:
+    def __init__(self, database: Database, data_dir: DataDir, retry_backoff_s: float = RETRY_BACKOFF_S) -> None:
         self.db, self.data_dir = database, data_dir
         self.catalog = RewardCatalog(data_dir)
+        self.retry_backoff_s = retry_backoff_s
 
     # --- submitting and controlling ---------------------------------------------------------
 
@@ -240,7 +246,9 @@ class JobService:
 
     def retry(self, job_id: int) -> None:
         """A failed or cancelled job is queued again with fresh attempts; it resumes from its checkpoint."""
-        self._transition(job_id, (S.FAILED, S.CANCELLED), S.QUEUED, attempts=0, error=None, finished_at=None)
+        self._transition(
+            job_id, (S.FAILED, S.CANCELLED), S.QUEUED, attempts=0, error=None, finished_at=None, retry_at=None
+        )
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -387,7 +395,9 @@ class JobService:
         """
         for _ in range(5):  # lost races: try the next candidate
             with self.db.session() as session:
-                query = select(Job.id).where(Job.status == S.QUEUED)
+                query = select(Job.id).where(
+                    Job.status == S.QUEUED, (Job.retry_at.is_(None)) | (Job.retry_at <= utcnow())
+                )
                 if max_devices is not None:
                     query = query.where(Job.devices <= max_devices)
                 if kinds is not None:
@@ -408,6 +418,7 @@ class JobService:
                         attempts=Job.attempts + 1,
                         started_at=now,
                         heartbeat_at=now,
+                        retry_at=None,
                     )
                 )
                 if result.rowcount == 1:
@@ -517,19 +528,22 @@ class JobService:
             )
 
     def finish(self, job_id: int, token: str, outcome: str, error: str | None = None) -> str:
-        """End a claimed job: done; stopped (-> cancelled or paused as requested); error (-> cancelled or
-        paused when that was requested meanwhile, else queued again while attempts remain, else failed).
+        """End a claimed job: done; stopped (-> cancelled or paused as requested); failed (a failure that
+        would recur: -> failed now, or cancelled or paused when that was requested meanwhile); error (one
+        that may pass: the same, but queued again while attempts remain, to run after a backoff).
         Returns the status it ended in, or "lost" when the job is no longer this claim's.
 
         One conditional UPDATE decides from the row as it is at that moment, so a cancel or pause that
         lands while the job ends is never overwritten."""
-        if outcome not in ("done", "stopped", "error"):
-            raise ValueError(f"outcome: must be done, stopped or error, got {outcome!r}")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome: must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         requested = ((Job.status == S.CANCELLING, S.CANCELLED), (Job.status == S.PAUSING, S.PAUSED))
         if outcome == "done":
             status: Any = literal(S.DONE)
         elif outcome == "stopped":
             status = case(requested[1], else_=literal(S.CANCELLED))
+        elif outcome == "failed":
+            status = case(*requested, else_=literal(S.FAILED))
         else:
             status = case(*requested, (Job.attempts < Job.max_attempts, S.QUEUED), else_=literal(S.FAILED))
         values: dict[str, Any] = {
@@ -538,15 +552,23 @@ class JobService:
             "worker_pid": None,
             "finished_at": case((status.in_(S.FINAL), utcnow()), else_=Job.finished_at),
         }
-        if outcome == "error":
+        if outcome in ("error", "failed"):
             values["error"] = error
         if outcome == "done":  # a run that ended on its time budget is complete at the iteration it reached
             values["total_iterations"] = Job.iteration
         with self.db.session() as session:
+            attempts = session.scalar(select(Job.attempts).where(Job.id == job_id, Job.worker_id == token))
+            if outcome == "error" and attempts is not None:
+                values["retry_at"] = self.retry_time(attempts)
             ended = session.execute(
                 update(Job).where(Job.id == job_id, Job.worker_id == token).values(**values).returning(Job.status)
             ).scalar_one_or_none()
         return ended or "lost"
+
+    def retry_time(self, attempts: int) -> datetime:
+        """When a job that failed its `attempts`-th attempt for a reason that may pass runs again: the
+        backoff doubles with each attempt, up to MAX_RETRY_BACKOFF_S."""
+        return utcnow() + timedelta(seconds=min(self.retry_backoff_s * 2 ** max(attempts - 1, 0), MAX_RETRY_BACKOFF_S))
 
     def requeue_stale(self, timeout_s: float) -> list[int]:
         """Jobs whose worker stopped heartbeating (killed, machine restarted): back to the queue to
@@ -580,6 +602,7 @@ class JobService:
                         if job.error and new == S.FAILED
                         else (job.error or lost),
                         finished_at=utcnow() if new in S.FINAL else None,
+                        retry_at=self.retry_time(job.attempts) if new == S.QUEUED else None,
                     )
                 )
                 if result.rowcount == 1:

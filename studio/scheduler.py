@@ -28,7 +28,7 @@ from storage.db import Database
 from storage.models import Job
 from studio.devices import DevicePool, parse_devices, visible_devices
 from studio.inference import INFERENCE_KINDS
-from studio.jobs import JobService
+from studio.jobs import RETRY_BACKOFF_S, JobService
 from studio.launch import process_command
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,12 @@ class JobScheduler:
         devices: list[str] | None = None,
         jobs_per_device: int = 1,
         inference_idle_s: float = 60.0,
+        retry_backoff_s: float = RETRY_BACKOFF_S,
     ) -> None:
         """`devices`: what `parse_devices` returns (default: every visible GPU, else one CPU slot per
         `max_concurrent_jobs`); `max_concurrent_jobs`: a cap on jobs besides the devices (none);
-        `inference_idle_s`: how long an inference process keeps its models loaded waiting for the next request."""
+        `inference_idle_s`: how long an inference process keeps its models loaded waiting for the next request;
+        `retry_backoff_s`: the first wait before a job whose process was lost runs again (it doubles)."""
         if max_concurrent_jobs is not None and max_concurrent_jobs < 1:
             raise ValueError(f"max_concurrent_jobs: must be at least 1, got {max_concurrent_jobs}")
         if devices is None:
@@ -66,7 +68,7 @@ class JobScheduler:
             if devices == ["cpu:0"] and max_concurrent_jobs:
                 devices = parse_devices(f"cpu:{max_concurrent_jobs}")
         self.db_url, self.data_dir = db_url, data_dir
-        self.service = JobService(Database(db_url), data_dir)
+        self.service = JobService(Database(db_url), data_dir, retry_backoff_s)
         self.max_concurrent_jobs = max_concurrent_jobs or len(devices) * jobs_per_device
         self.pool = DevicePool(devices, jobs_per_device)
         # inference jobs (Compare, labelling) run beside training, one at a time per device
@@ -89,8 +91,8 @@ class JobScheduler:
                     continue
                 del self.running[job_id]
                 running.pool.give_back(running.devices)
-                # A process that ended without finishing its job (killed, crashed): requeue now.
-                status = self.service.finish(job_id, running.token, "error", f"job process exited with code {code}")
+                # A process that ended without finishing its job (killed, crashed): retried after a backoff.
+                status = self.service.finish(job_id, running.token, "error", process_ended(code))
                 if status != "lost":
                     log.warning("job %s: process exited with code %s; job is now %s", job_id, code, status)
             while self.inference_pool.free():
@@ -176,6 +178,15 @@ class JobScheduler:
                 running.process.wait()
             self.tick()
         self.service.remove_worker(self.worker_id)
+
+
+def process_ended(code: int) -> str:
+    """The error of a job whose process ended without finishing it (one line: the job is retried)."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        cause = " (by a person, or by the kernel when the machine ran out of memory)" if -code == signal.SIGKILL else ""
+        return f"job process killed by {name}{cause}"
+    return f"job process exited with code {code} without finishing its job"
 
 
 def _child_env() -> dict[str, str]:

@@ -98,7 +98,9 @@ def test_killing_one_rank_ends_the_job_which_resumes_with_every_iteration_once(t
     config = tiny_job(tiny_model, iterations=30)
     config["logging"].update(checkpoint_every=4)
     config["resources"] = {"devices": 2}
-    scheduler = JobScheduler(data_dir.default_url(), data_dir, poll_s=0.3, devices=parse_devices("cpu:2"))
+    scheduler = JobScheduler(
+        data_dir.default_url(), data_dir, poll_s=0.3, devices=parse_devices("cpu:2"), retry_backoff_s=0.5
+    )
     job_id = service.submit(config)
     scheduler.tick()
     assert service.get(job_id).worker_devices == "cpu:0,cpu:1"

@@ -69,7 +69,7 @@ def start_worker(data_dir: DataDir, *extra: str) -> subprocess.Popen:
 def test_a_job_whose_process_is_killed_resumes_from_its_checkpoint(service, data_dir):
     config = to_dict(load_preset("shapes-smoke"))  # 6 iterations, a checkpoint every 3
     job_id = service.submit(config)
-    scheduler = JobScheduler(data_dir.default_url(), data_dir, poll_s=0.3, stale_after_s=20)
+    scheduler = JobScheduler(data_dir.default_url(), data_dir, poll_s=0.3, stale_after_s=20, retry_backoff_s=0.5)
     scheduler.tick()
     wait_for(lambda: service.get(job_id).iteration >= 4, timeout_s=240)
     victim = service.get(job_id).worker_pid
@@ -178,3 +178,23 @@ def test_cancelling_a_running_job_stops_it_at_an_iteration_with_a_checkpoint(ser
     assert [c.iteration for c in service.checkpoints(job_id)] == [stopped_at]
     service.retry(job_id)  # picks up from that checkpoint
     assert service.get(job_id).status == JobStatus.QUEUED
+
+
+def test_a_failure_that_would_recur_ends_the_job_after_one_attempt(service, data_dir, tiny_model):
+    """The prompts file vanished between submit and run: the job process fails it at once, with the reason
+    on the first line of its error, instead of running it three times."""
+    (data_dir.prompts / "mine.txt").write_text("a red circle\n")
+    config = tiny_job(tiny_model) | {"rewards": {"weights": {"jpeg_compressibility": 1.0}}}
+    config["rollout"]["prompts"] = "mine.txt"
+    job_id = service.submit(config, max_attempts=3)
+    (data_dir.prompts / "mine.txt").unlink()
+    scheduler = JobScheduler(data_dir.default_url(), data_dir, poll_s=0.3, retry_backoff_s=0.5)
+    assert scheduler.wait_idle(timeout_s=120)
+    job = service.get(job_id)
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
+    assert job.error.splitlines()[0] == (
+        "config or data error: ValueError: rollout.prompts: "
+        f"'{data_dir.prompts / 'mine.txt'}' is neither one of train, train-balanced, train-adaptive, "
+        "train-counterfactual nor an existing prompts file"
+    )
+    assert "Traceback" in job.error  # the details stay below the reason

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from storage.data_dir import DataDir
 from storage.db import Database
-from storage.models import Base, Job, JobStatus, Metric
+from storage.models import Base, Job, JobStatus, Metric, utcnow
 from studio.jobs import JobError, JobService
 from trainer_core.config import ConfigError, load_preset, to_dict
 
@@ -109,24 +109,42 @@ def test_controls_move_jobs_only_along_allowed_transitions(service):
         service.cancel(99999)
 
 
-def test_stale_jobs_are_requeued_then_fail_with_the_last_error(service):
-    job_id = service.submit(smoke(), max_attempts=2)
-    for attempt in (1, 2):
+def test_stale_jobs_are_requeued_after_a_backoff_then_fail_with_the_last_error(service):
+    service.retry_backoff_s = 0.4
+    job_id = service.submit(smoke(), max_attempts=3)
+    waits = []
+    for attempt in (1, 2, 3):
         job, token = service.claim("w")
         assert job.attempts == attempt
         assert service.finish(job_id, token, "error", f"boom {attempt}") == (
-            JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED
+            JobStatus.QUEUED if attempt < 3 else JobStatus.FAILED
         )
-        if attempt == 1:
+        if attempt < 3:
             assert service.requeue_stale(timeout_s=0) == []  # nothing running
-    assert "boom 2" in service.get(job_id).error
+            assert service.claim("w") is None  # not before its backoff
+            started = time.monotonic()
+            while service.get(job_id).retry_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None):
+                time.sleep(0.05)
+            waits.append(time.monotonic() - started)
+    assert waits[1] > waits[0] + 0.2  # 0.4 s, then 0.8 s
+    assert "boom 3" in service.get(job_id).error
     service.retry(job_id)
-    job, token = service.claim("w")
+    job, token = service.claim("w")  # a person's retry runs at once
     time.sleep(0.05)
     assert service.requeue_stale(timeout_s=0.01) == [job_id]
     assert service.get(job_id).status == JobStatus.QUEUED
     assert service.heartbeat(job_id, token) == "lost"  # the old worker learns it lost the job
     assert not service.record_iteration(job_id, token, {"iteration": 1, "loss": 1.0})
+
+
+def test_a_failure_that_would_recur_fails_the_job_at_once(service):
+    job_id = service.submit(smoke(), max_attempts=3)
+    _, token = service.claim("w")
+    assert service.finish(job_id, token, "failed", "out of memory (...)\n\ntraceback") == JobStatus.FAILED
+    job = service.get(job_id)
+    assert (job.status, job.attempts, job.error.splitlines()[0]) == (JobStatus.FAILED, 1, "out of memory (...)")
+    with pytest.raises(ValueError, match="outcome: must be one of done, stopped, failed, error"):
+        service.finish(job_id, token, "crashed")
 
 
 def test_five_hundred_jobs_are_stored_and_listed(service):
