@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument("--iterations", type=int, default=6, help="iterations per run, the first a warm-up (6)")
     scaling.add_argument("--out", type=Path, default=Path("out/bench/scaling.json"))
 
+    memory = benches.add_parser("memory", help="the admission memory estimate against measured peaks")
+    memory.add_argument("--cases", default="", help="only the cases whose name contains this text")
+    memory.add_argument("--out", type=Path, default=Path("out/bench/memory.json"))
+
     preference = benches.add_parser(
         "preference",
         help="simulated tastes: reward accuracy vs labels (random, uncertain first, closest to even), then training",
@@ -421,6 +425,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "rewards": bench_rewards,
         "preference": bench_preference,
         "scaling": bench_scaling,
+        "memory": bench_memory,
     }
     benches[args.bench](args)
 
@@ -445,6 +450,20 @@ def bench_scaling(args: argparse.Namespace) -> None:
     columns = ["processes", "iteration_s", "images_per_s", "speedup", "startup_s", "final_reward"]
     print(format_rows(report["results"], columns))  # type: ignore[arg-type]
     print(f"wrote {args.out}")
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+    from studio.bench import format_rows, write_report
+    from studio.bench.memory import CASES, memory_benchmark
+
+    cases = tuple(case for case in CASES if args.cases in case.name)
+    if not cases:
+        raise CliError(f"--cases: no case contains {args.cases!r}; cases: {', '.join(c.name for c in CASES)}")
+    report = memory_benchmark(cases)
+    write_report(report, args.out)
+    columns = ["case", "measured_gib", "estimated_gib", "error_pct", "activations_gib", "rollouts_gib"]
+    print(format_rows(report["results"], columns))  # type: ignore[arg-type]
+    print(f"mean |error| {report['mean_abs_error_pct']}%, max {report['max_abs_error_pct']}%; wrote {args.out}")
 
 
 def bench_preference(args: argparse.Namespace) -> None:

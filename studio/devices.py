@@ -8,6 +8,7 @@ sharing), and sees only its own GPUs (`CUDA_VISIBLE_DEVICES`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 
@@ -74,3 +75,13 @@ class DevicePool:
 def visible_devices(devices: list[str]) -> str:
     """CUDA_VISIBLE_DEVICES for a job on these devices ("" for CPU slots: the job sees no GPU)."""
     return ",".join(d.removeprefix("cuda:") for d in devices if d.startswith("cuda:"))
+
+
+def device_memory(devices: list[str], jobs_per_device: int = 1) -> int:
+    """Bytes one job may use on each of these devices: the smallest GPU's memory, or on a CPU the machine's
+    memory shared among its slots (and the jobs each slot runs)."""
+    if devices and devices[0].startswith("cuda"):
+        sizes = [torch.cuda.get_device_properties(int(d.removeprefix("cuda:"))).total_memory for d in devices]
+        return min(sizes) // jobs_per_device
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return physical // (len(devices) * jobs_per_device)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import Checkpoint, Job, JobStatus, Metric, Sample, Worker, utcnow
+from studio.admission import admit
 from studio.reward_catalog import RewardCatalog, is_preference
 from trainer_core.config import ConfigError, TrainConfig, from_dict, to_dict
 
@@ -142,14 +143,8 @@ class JobService:
         checked = [pin_rewards(validate_config(c, self.catalog, self.data_dir), self.catalog) for c in configs]
         if max_attempts < 1:
             raise JobError(f"max_attempts: must be at least 1, got {max_attempts}")
-        largest = self.largest_worker()
-        for config in checked:
-            if largest is not None and config.resources.devices > largest[1]:
-                host, count = largest
-                raise ConfigError(
-                    f"resources.devices: the job asks for {config.resources.devices} devices, but the largest "
-                    f"worker ({host}) has {count}; lower resources.devices or start a worker with more --devices"
-                )
+        workers = self.live_workers()
+        estimates = [admit(config, self.data_dir, workers) for config in checked]  # every one fits a worker
         with self.db.session() as session:
             jobs = [
                 Job(
@@ -162,8 +157,9 @@ class JobService:
                     iteration=0,
                     total_iterations=c.iterations,
                     devices=c.resources.devices,
+                    memory_estimate=estimate,
                 )
-                for c in checked
+                for c, estimate in zip(checked, estimates, strict=True)
             ]
             session.add_all(jobs)
             session.flush()
@@ -439,15 +435,24 @@ class JobService:
     # --- workers ------------------------------------------------------------------------------
 
     def register_worker(
-        self, worker_id: str, host: str, pid: int, devices: list[str], jobs_per_device: int, free: int
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        devices: list[str],
+        jobs_per_device: int,
+        free: int,
+        memory: int | None = None,
     ) -> None:
-        """Say (again) that a worker lives and what it offers; submit refuses jobs no live worker can run."""
+        """Say (again) that a worker lives and what it offers (`memory`: bytes per device for one job);
+        submit refuses jobs no live worker can run."""
         with self.db.session() as session:
             worker = session.get(Worker, worker_id)
             if worker is None:
                 worker = Worker(id=worker_id, host=host, pid=pid, started_at=utcnow())
                 session.add(worker)
             worker.devices, worker.jobs_per_device, worker.free_devices = devices, jobs_per_device, free
+            worker.device_memory = memory
             worker.heartbeat_at = utcnow()
 
     def remove_worker(self, worker_id: str) -> None:
@@ -458,15 +463,6 @@ class JobService:
         limit = utcnow() - timedelta(seconds=stale_after_s)
         with self.db.session() as session:
             return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= limit).order_by(Worker.host)))
-
-    def largest_worker(self) -> tuple[str, int] | None:
-        """(host, device count) of the live worker with the most devices, or None when none is running
-        (a job then waits in the queue for one)."""
-        workers = self.live_workers()
-        if not workers:
-            return None
-        largest = max(workers, key=lambda w: len(w.devices))
-        return largest.host, len(largest.devices)
 
     def heartbeat(self, job_id: int, token: str, iteration: int | None = None) -> str:
         """Refresh the lease; returns the job's status, or "lost" when another worker holds it now."""

@@ -12,6 +12,7 @@ types reaches nothing outside those folders; files the owner linked into them ar
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path, PurePosixPath
 
 from storage.data_dir import DataDir
@@ -71,7 +72,7 @@ def owner_paths(config: TrainConfig, data_dir: DataDir, cwd: Path | None = None)
 
     def absolute(value: str, inside: Path) -> str:
         local = cwd / Path(value).expanduser()
-        if Path(value).expanduser().is_absolute() or (inside / value).exists() or not local.exists():
+        if Path(value).expanduser().is_absolute() or os.path.exists(inside / value) or not os.path.exists(local):
             return value
         return str(local.resolve())
 

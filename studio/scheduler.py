@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from storage.data_dir import DataDir
 from storage.db import Database
 from storage.models import Job
-from studio.devices import DevicePool, parse_devices, visible_devices
+from studio.devices import DevicePool, device_memory, parse_devices, visible_devices
 from studio.inference import INFERENCE_KINDS
 from studio.jobs import RETRY_BACKOFF_S, JobService
 from studio.launch import process_command
@@ -71,6 +71,7 @@ class JobScheduler:
         self.service = JobService(Database(db_url), data_dir, retry_backoff_s)
         self.max_concurrent_jobs = max_concurrent_jobs or len(devices) * jobs_per_device
         self.pool = DevicePool(devices, jobs_per_device)
+        self.memory = device_memory(devices, jobs_per_device)  # what each job may use per device
         # inference jobs (Compare, labelling) run beside training, one at a time per device
         self.inference_pool = DevicePool(devices, 1)
         self.poll_s, self.stale_after_s, self.inference_idle_s = poll_s, stale_after_s, inference_idle_s
@@ -85,16 +86,7 @@ class JobScheduler:
         """One round: requeue stale jobs, reap finished processes, start new ones."""
         with self._lock:
             self.service.requeue_stale(self.stale_after_s)
-            for job_id, running in list(self.running.items()):
-                code = running.process.poll()
-                if code is None:
-                    continue
-                del self.running[job_id]
-                running.pool.give_back(running.devices)
-                # A process that ended without finishing its job (killed, crashed): retried after a backoff.
-                status = self.service.finish(job_id, running.token, "error", process_ended(code))
-                if status != "lost":
-                    log.warning("job %s: process exited with code %s; job is now %s", job_id, code, status)
+            self._reap()
             while self.inference_pool.free():
                 claimed = self.service.claim(self.host, kinds=INFERENCE_KINDS)
                 if claimed is None:
@@ -106,6 +98,18 @@ class JobScheduler:
                     break
                 self._start(*claimed, self.pool)
             self._register()
+
+    def _reap(self) -> None:
+        """Forget the job processes that ended; a job one of them did not finish is retried after a backoff."""
+        for job_id, running in list(self.running.items()):
+            code = running.process.poll()
+            if code is None:
+                continue
+            del self.running[job_id]
+            running.pool.give_back(running.devices)
+            status = self.service.finish(job_id, running.token, "error", process_ended(code))
+            if status != "lost":
+                log.warning("job %s: process exited with code %s; job is now %s", job_id, code, status)
 
     def _training(self) -> int:
         return sum(running.pool is self.pool for running in self.running.values())
@@ -122,7 +126,7 @@ class JobScheduler:
         if last is not None and last[1] == free and now - last[0] < REGISTER_EVERY_S:
             return
         self.service.register_worker(
-            self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, free
+            self.worker_id, self.host, os.getpid(), self.pool.devices, self.pool.jobs_per_device, free, self.memory
         )
         self._registered = (now, free)
 
@@ -173,10 +177,11 @@ class JobScheduler:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
         if stop_jobs:
-            for running in self.running.values():
-                os.killpg(running.process.pid, signal.SIGKILL)  # the job's ranks too
-                running.process.wait()
-            self.tick()
+            with self._lock:
+                for running in self.running.values():
+                    os.killpg(running.process.pid, signal.SIGKILL)  # the job's ranks too
+                    running.process.wait()
+                self._reap()  # their jobs back to the queue; nothing new is claimed
         self.service.remove_worker(self.worker_id)
 
 

@@ -164,7 +164,7 @@ def test_learning_rate_schedules_start_at_the_rate_and_end_at_the_final_fraction
         ({"vgrpo": {"beta": float("inf")}}, r"vgrpo\.beta: must be a finite number, got inf"),
         ({"logging": {"sample_prompts": ["x" * 5000]}}, r"logging\.sample_prompts\[0\]: at most 4096 characters"),
         ({"logging": {"sample_prompts": ["a red circle"] * 65}}, r"logging\.sample_prompts: at most 64 prompts"),
-        ({1: 2, "seed": 0}, r"^1: unknown field"),
+        ({1: 2, "seed": 0}, r"^config: unknown field '1'"),
         ({"rollout": {"prompts": ["a"] * 10_000}}, r"rollout\.prompts: must be a string, got \['a', .{20,}\.\.\.$"),
     ],
 )

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from trainer_core.algorithms import ALGORITHMS
+from trainer_core.files import read_text_file
 from trainer_core.lora import LoraSpec
 from trainer_core.rewards.base import RewardMixConfig
 from trainer_core.samplers import SOLVERS
@@ -212,8 +213,9 @@ class MixGRPOConfig:
     def __post_init__(self) -> None:
         if self.window_size < 1:
             raise ConfigError(f"mix_grpo.window_size: must be at least 1, got {self.window_size}")
-        if self.window_start < 0 or self.window_stride < 0:
-            raise ConfigError("mix_grpo.window_start, window_stride: must be non-negative")
+        for name in ("window_start", "window_stride"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"mix_grpo.{name}: must be non-negative, got {getattr(self, name)}")
         if self.window_interval < 1:
             raise ConfigError(f"mix_grpo.window_interval: must be at least 1, got {self.window_interval}")
 
@@ -246,8 +248,9 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.learning_rate: must be a positive number, got {self.learning_rate!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"optimizer.weight_decay: must be non-negative, got {self.weight_decay}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ConfigError(f"optimizer.beta1, beta2: must be in [0, 1), got {self.beta1}, {self.beta2}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"optimizer.{name}: must be in [0, 1), got {getattr(self, name)}")
         if self.grad_clip < 0:
             raise ConfigError(f"optimizer.grad_clip: must be non-negative, got {self.grad_clip}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -292,8 +295,9 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sample_prompts", tuple(self.sample_prompts))
-        if self.sample_every < 0 or self.checkpoint_every < 1 or self.sample_seeds < 1:
-            raise ConfigError("logging.sample_every >= 0, checkpoint_every >= 1 and sample_seeds >= 1 are required")
+        for name, least in (("sample_every", 0), ("checkpoint_every", 1), ("sample_seeds", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"logging.{name}: must be at least {least}, got {getattr(self, name)}")
         if not self.sample_prompts:
             raise ConfigError("logging.sample_prompts: name at least one prompt")
 
@@ -494,7 +498,17 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(key)[:60] for key in data if key not in fields)
     if unknown:
-        raise ConfigError(f"{path}{unknown[0]}: unknown field; allowed: {', '.join(sorted(fields))}")
+        allowed = ", ".join(sorted(fields))
+        if unknown[0].isidentifier():
+            raise ConfigError(f"{path}{unknown[0]}: unknown field; allowed: {allowed}")
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: unknown field {unknown[0]!r}; allowed: {allowed}")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+    ]
+    if required:
+        raise ConfigError(f"{path}{required[0]}: required, and missing")
     values = {}
     for name, value in data.items():
         values[name] = _coerce(hints[name], value, f"{path}{name}")
@@ -560,9 +574,13 @@ def load_config(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"config: {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_file(path)) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config: {path} is not valid YAML ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"config: {path} is nested too deeply; a config has sections of fields") from None
+    except ValueError as error:  # not text
+        raise ConfigError(f"config: {error}") from None
     return from_dict(TrainConfig, data)
 
 

@@ -51,7 +51,7 @@ def read_text_file(path: str | Path, limit: int = MAX_TEXT_FILE) -> str:
     """The UTF-8 text of `path`, or a TextFileError: `FILE: not UTF-8 text (byte 0xff at offset 1)`,
     `FILE: does not exist`, `FILE: larger than 64 MiB`."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):  # never raises, even on a name too long for the filesystem
         raise TextFileError(f"{path}: does not exist or is not a file")
     if path.stat().st_size > limit:
         raise TextFileError(f"{path}: larger than {limit // 2**20} MiB; not read")

@@ -241,12 +241,15 @@ def read_lora(path: Path) -> tuple[LoraSpec, dict[str, torch.Tensor], dict[str, 
         raise ValueError(f"lora: {path} is not a safetensors file ({error})") from None
     if metadata.get("format") != LORA_FORMAT:
         raise ValueError(f"lora: {path} is not a V-GRPO Studio LoRA (metadata format {metadata.get('format')!r})")
-    spec = LoraSpec(
-        rank=int(metadata["rank"]),
-        alpha=float(metadata["alpha"]),
-        dropout=float(metadata["dropout"]),
-        target_modules=tuple(json.loads(metadata["target_modules"])),
-    )
+    try:
+        spec = LoraSpec(
+            rank=int(metadata["rank"]),
+            alpha=float(metadata["alpha"]),
+            dropout=float(metadata["dropout"]),
+            target_modules=tuple(str(t) for t in json.loads(metadata["target_modules"])),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"lora: {path} has no usable LoRA settings in its metadata ({error!r})") from None
     return spec, tensors, metadata
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -76,13 +77,14 @@ def resolve_model(name_or_path: str, models_dir: Path | None = None) -> Path:
     path = Path(name_or_path).expanduser()
     if models_dir is not None and not path.is_absolute():  # a relative name is a directory in models_dir
         path = models_dir / name_or_path
-    if not path.is_dir():
+    if not os.path.isdir(path):  # never raises, even on a name too long for the filesystem
         where = f", a model in {models_dir}" if models_dir is not None else ""
+        shown = repr(name_or_path) if len(name_or_path) <= 120 else repr(name_or_path[:100]) + "..."
         raise ModelNotFoundError(
-            f"model: {name_or_path!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}){where} "
+            f"model: {shown} is not a built-in model ({', '.join(BUILTIN_MODELS)}){where} "
             "nor an existing local directory (nothing is downloaded)"
         )
-    if not (path / "model_index.json").is_file():
+    if not os.path.isfile(path / "model_index.json"):
         raise ModelNotFoundError(f"model: {path} has no model_index.json; expected a diffusers pipeline directory")
     return path
 

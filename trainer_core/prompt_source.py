@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import random
-from pathlib import Path
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from trainer_core.files import read_text_file
 def read_prompt_lines(spec: str) -> list[tuple[int, str]]:
     """(line number, prompt) of each non-blank line of the file `spec` names, or a ValueError naming
     `rollout.prompts` and the file, never its content."""
-    if not Path(spec).is_file():
+    if not os.path.isfile(spec):  # never raises, even on a name too long for the filesystem
         allowed = ", ".join(PromptSource.SPECS)
         raise ValueError(f"rollout.prompts: {spec!r} is neither one of {allowed} nor an existing prompts file")
     try:

@@ -75,10 +75,13 @@ class VGRPOConfig:
             )
         if self.pair_sharing not in PAIR_SHARING:
             raise ValueError(f"vgrpo.pair_sharing: must be one of {', '.join(PAIR_SHARING)}, got {self.pair_sharing!r}")
-        if not 0.0 <= self.t_min < self.t_max <= 1.0:
-            raise ValueError(f"vgrpo.t_min, t_max: need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
-        if self.clip_epsilon < 0 or self.soft_clip_eta < 0 or self.beta < 0:
-            raise ValueError("vgrpo.clip_epsilon, soft_clip_eta, beta: must be non-negative")
+        if not 0.0 <= self.t_min < 1.0:
+            raise ValueError(f"vgrpo.t_min: must be in [0, 1), got {self.t_min}")
+        if not self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"vgrpo.t_max: must be above t_min ({self.t_min}) and at most 1, got {self.t_max}")
+        for name in ("clip_epsilon", "soft_clip_eta", "beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"vgrpo.{name}: must be non-negative, got {getattr(self, name)}")
         if self.penalty_to not in PENALTY_ANCHORS:
             raise ValueError(f"vgrpo.penalty_to: must be one of {', '.join(PENALTY_ANCHORS)}, got {self.penalty_to!r}")
         if self.gradient_steps < 1:

@@ -10,6 +10,7 @@ one file (and its test).
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,8 +57,9 @@ class RewardSpec:
         path = self.weights_path(config, models_dir)
         if problem or path is None:
             return problem
-        absent = [name for name in self.files if not (path / name).exists()] if path.is_dir() else []
-        if path.exists() and not absent:
+        # os.path's checks never raise, even on a name too long for the filesystem
+        absent = [name for name in self.files if not os.path.exists(path / name)] if os.path.isdir(path) else []
+        if os.path.exists(path) and not absent:
             return ""
         what = f"{path} lacks {', '.join(absent)}" if absent else f"{path} does not exist"
         return f"{what}; put {self.weights} there, or set rewards.models.{self.name}.path"

@@ -41,7 +41,8 @@ class PromptError(ValueError):
 
     def rule(self) -> str:
         """The rule the prompt broke, without the prompt's own words (what a file's error may show)."""
-        return re.split(r",? got | (?:from|in) '", str(self), maxsplit=1)[0]
+        head = re.split(r",? got | (?:from|in) ['\"]", str(self), maxsplit=1)[0]
+        return re.sub(r"'[^']*'|\"[^\"]*\"", "...", head)  # a word of the prompt quoted in the middle
 
 
 @dataclass(frozen=True)
