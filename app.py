@@ -46,9 +46,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(host: str, auth: str | None) -> str:
+    """What to say when the app listens beyond this machine without a login ("" when it does not)."""
+    if auth or host in LOCAL_HOSTS:
+        return ""
+    return (
+        f"warning: listening on {host} without --auth: anyone who can reach this machine on the network can "
+        "start and cancel jobs, label, and export LoRAs; pass --auth user:password"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level)
+    if warning := exposure_warning(args.host, args.auth):
+        print(warning, file=sys.stderr, flush=True)
     from studio.api import Studio
     from studio.scheduler import JobScheduler
     from ui.app import CSS, HEAD, build_app

@@ -123,3 +123,22 @@ def test_a_config_file_that_is_not_utf8_or_nested_too_deeply_is_refused_by_field
         studio.config_from_yaml("#" * 300_000)
     with pytest.raises(ConfigError, match=r"could not determine a constructor for the tag"):
         studio.config_from_yaml("iterations: !!python/object/apply:os.system [echo hi]")
+
+
+def test_listening_on_the_network_without_a_login_is_warned_about(tmp_path):
+    import subprocess
+    import sys
+
+    from app import exposure_warning
+
+    command = [sys.executable, "app.py", "--host", "0.0.0.0", "--port", "7999", "--devices", "none"]
+    process = subprocess.Popen(
+        [*command, "--data-dir", str(tmp_path / "home")], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        first = process.stderr.readline()  # printed before the app loads anything
+    finally:
+        process.kill()
+        process.wait()
+    assert first.startswith("warning: listening on 0.0.0.0 without --auth: anyone who can reach this machine")
+    assert exposure_warning("0.0.0.0", "ann:secret") == "" and exposure_warning("127.0.0.1", None) == ""
