@@ -99,9 +99,13 @@ class JobDetail:
 
 
 class Studio:
-    def __init__(self, data_dir: DataDir, db_url: str | None = None, inference: str = "inline") -> None:
+    def __init__(
+        self, data_dir: DataDir, db_url: str | None = None, inference: str = "inline", confine_paths: bool = True
+    ) -> None:
         """`inference`: where Compare and labelling images are made: "worker" (the web app: by workers,
-        through the queue, so the web process loads no model) or "inline" (in this process)."""
+        through the queue, so the web process loads no model) or "inline" (in this process).
+        `confine_paths`: files are named only inside the data directory (`studio.paths`), as a web user must;
+        the command line, run by the machine's owner, passes False and names any path."""
         if inference not in ("worker", "inline"):
             raise ValueError(f"inference: must be worker or inline, got {inference!r}")
         self.data_dir = data_dir.create()
@@ -110,6 +114,7 @@ class Studio:
         self.inference = runner(self.jobs)
         self.labels = LabelStore(self.jobs.db, self.data_dir)
         self.label_sessions: dict[str, LabelSession] = {}
+        self.confine_paths = confine_paths
 
     # --- the Train tab -------------------------------------------------------------------------
 
@@ -127,7 +132,7 @@ class Studio:
 
     def config_for_model(self, config: dict[str, Any], model: str) -> dict[str, Any]:
         """`config` on `model`, with the rollout settings and LoRA targets its family trains with by default."""
-        if model not in BUILTIN_MODELS:
+        if model not in BUILTIN_MODELS and self.confine_paths:
             confined(model, self.data_dir.models, "model.name", self.data_dir)
         try:
             family = model_family(model, self.data_dir.models)
@@ -216,7 +221,8 @@ class Studio:
         """The config as the job will run it; raises ConfigError naming the first bad field. Paths must lie
         inside the data directory (`studio.paths`): a web user reaches no other file of the server."""
         checked = from_dict(TrainConfig, config)
-        confine_config(checked, self.data_dir)
+        if self.confine_paths:
+            confine_config(checked, self.data_dir)
         return to_dict(validate_config(checked, self.jobs.catalog, self.data_dir))
 
     def config_from_yaml(self, text: str) -> dict[str, Any]:
@@ -428,12 +434,14 @@ class Studio:
         """Fit a preference reward on every stored label (or a labels folder in the data directory's
         labels/folders/) as the next version of NAME; `clip:DIR` features read DIR inside models/."""
         kind, _, argument = features.partition(":")
-        if argument:
+        if argument and self.confine_paths:
             features = f"{kind}:{confined(argument, self.data_dir.models, 'features', self.data_dir)}"
         labels = labels_from_folder(self._label_folder(labels_dir)) if labels_dir else labels_from_store(self.labels)
         return fit_preference_reward(labels, features, name, self.jobs.catalog.store)
 
     def _label_folder(self, name: str, field: str = "folder") -> Path:
+        if not self.confine_paths:
+            return Path(name)
         return confined(name, self.data_dir.label_folders, field, self.data_dir)
 
     def preference_card(self, reference: str) -> PreferenceCard:

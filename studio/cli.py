@@ -699,11 +699,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
         f"{scheduler.pool.jobs_per_device} job(s) per device",
         flush=True,
     )
-    try:
-        scheduler.run_forever()
-    except KeyboardInterrupt:
-        scheduler.shutdown()  # no longer offers its devices
-        print("worker stopped; running jobs continue in their own processes", flush=True)
+    scheduler.run_forever()  # until Ctrl-C or SIGTERM
+    scheduler.shutdown()  # no longer offers its devices
+    print("worker stopped; running jobs continue in their own processes", flush=True)
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:

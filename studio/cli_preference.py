@@ -81,7 +81,7 @@ def _studio(args: argparse.Namespace) -> Studio:
     from storage.data_dir import DataDir
     from studio.api import Studio
 
-    return Studio(DataDir(args.data_dir), args.db_url)
+    return Studio(DataDir(args.data_dir), args.db_url, confine_paths=False)  # the owner names any path
 
 
 def cmd_label(args: argparse.Namespace) -> None:

@@ -58,7 +58,7 @@ def in_data_dir(config: TrainConfig, data_dir: DataDir) -> TrainConfig:
     """The config with a relative prompts file made absolute inside the data directory's prompts/ (models
     and reward weights are looked up in models/ by their loaders)."""
     rollout = config.rollout
-    if rollout.prompts in PromptSource.SPECS or Path(rollout.prompts).expanduser().is_absolute():
+    if rollout.prompts in PromptSource.SPECS or Path(os.path.expanduser(rollout.prompts)).is_absolute():
         return config
     return dataclasses.replace(
         config, rollout=dataclasses.replace(rollout, prompts=str(data_dir.prompts / rollout.prompts))
@@ -71,8 +71,8 @@ def owner_paths(config: TrainConfig, data_dir: DataDir, cwd: Path | None = None)
     cwd = cwd or Path.cwd()
 
     def absolute(value: str, inside: Path) -> str:
-        local = cwd / Path(value).expanduser()
-        if Path(value).expanduser().is_absolute() or os.path.exists(inside / value) or not os.path.exists(local):
+        local = cwd / os.path.expanduser(value)
+        if os.path.isabs(os.path.expanduser(value)) or os.path.exists(inside / value) or not os.path.exists(local):
             return value
         return str(local.resolve())
 

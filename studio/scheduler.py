@@ -156,10 +156,14 @@ class JobScheduler:
         return self
 
     def run_forever(self) -> None:
-        """Tick in the foreground (the `vgrpo worker` command)."""
-        while True:
+        """Tick in the foreground (the `vgrpo worker` command) until SIGINT or SIGTERM, which end it between
+        ticks: an interrupt inside a database transaction would leave its row locked against the shutdown."""
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        while not stop.is_set():
             self.tick()
-            time.sleep(self.poll_s)
+            stop.wait(self.poll_s)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Until no job process of this scheduler runs and nothing is queued (tests, scripts)."""

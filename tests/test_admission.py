@@ -68,16 +68,6 @@ def test_the_field_to_lower_is_the_part_that_weighs_most(service):
     ):
         service.submit(many)
     ranked = quickstart(lora={"rank": 1024})
-    ranked["lora"]["target_modules"] = [
-        "to_q",
-        "to_k",
-        "to_v",
-        "to_out.0",
-        "ff.net.0.proj",
-        "ff.net.2",
-        "conv1",
-        "conv2",
-    ]
     service.register_worker("w", "host-w", 1, ["cuda:0"], 1, 1, memory=int(0.7 * GIB))
     with pytest.raises(ConfigError, match=r"^lora\.rank: .* the LoRA and optimizer state weigh most"):
         service.submit(ranked)

@@ -45,6 +45,7 @@ PATHS = [
     "../../../../etc/passwd",
     "/etc/passwd",
     "~/.ssh/id_rsa",
+    "~no_such_user_vgrpo/model",
     "C:\\Windows\\win.ini",
     "prompts/../../x",
     "a\x00b",

@@ -94,6 +94,10 @@ def test_the_command_line_takes_any_path_but_never_quotes_the_file(tmp_path, cap
     stored = Studio(DataDir(home)).job_config(job_id)
     assert stored["rollout"]["prompts"] == str(secret)
 
+    config.write_text("model: {name: ~no_such_user_vgrpo/model}\n")  # a home directory nobody has
+    assert main(["jobs", "submit", "--data-dir", str(home), "--config", str(config)]) == 2
+    assert "model.name: '~no_such_user_vgrpo/model' is not a built-in model" in capsys.readouterr().err
+
 
 def test_pickled_weights_are_refused_unless_the_owner_allows_them(studio, tiny_shapes):
     pickled = studio.data_dir.models / "pickled"

@@ -74,7 +74,7 @@ def resolve_model(name_or_path: str, models_dir: Path | None = None) -> Path:
                 f"model: built-in {name_or_path!r} has no weights at {path}; run `vgrpo pretrain-shapes --out {path}`"
             )
         return path
-    path = Path(name_or_path).expanduser()
+    path = Path(os.path.expanduser(name_or_path))  # never raises, even for an unknown ~user
     if models_dir is not None and not path.is_absolute():  # a relative name is a directory in models_dir
         path = models_dir / name_or_path
     if not os.path.isdir(path):  # never raises, even on a name too long for the filesystem

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ class ClipFeatures(ImageFeatures):
     ) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        directory = Path(path).expanduser()
+        directory = Path(os.path.expanduser(path))
         if not (directory / "config.json").is_file():
             raise ValueError(
                 f"features: clip:{path}: no CLIP model there (expected a transformers CLIPModel directory with "

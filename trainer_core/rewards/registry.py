@@ -48,7 +48,7 @@ class RewardSpec:
         if not self.weights:
             return None
         if config.path:  # relative: inside the models directory, as the web app confines it
-            return (models_dir or Path("models")) / Path(config.path).expanduser()
+            return (models_dir or Path("models")) / os.path.expanduser(config.path)
         return (models_dir or Path("models")) / "rewards" / self.name
 
     def missing(self, config: RewardModelConfig, models_dir: Path | None) -> str:
