@@ -20,6 +20,9 @@ TRANSIENT_ERRNOS = frozenset(
 #: how much of the traceback a failed job keeps below its reason
 TRACEBACK_CHARS = 4000
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "defaultcpuallocator")
+#: how a collective reports that another process of the job died (gloo): the job is retried, as when its
+#: own process is killed
+_PEER_LOST_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def _transient(error: BaseException) -> bool:
     if isinstance(error, ConnectionError | TimeoutError | InterruptedError | BlockingIOError):
+        return True
+    import torch.distributed
+
+    if isinstance(error, torch.distributed.DistError):  # a peer process or the rendezvous store was lost
+        return True
+    if isinstance(error, RuntimeError) and any(marker in str(error).lower() for marker in _PEER_LOST_MARKERS):
         return True
     if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
         return True

@@ -39,6 +39,8 @@ def test_out_of_memory_fails_at_once_with_what_to_lower():
         (OSError(errno.ENOSPC, "No space left on device"), True, "transient OSError"),
         (ConnectionResetError("peer"), True, "transient ConnectionResetError: peer"),
         (TimeoutError("slow disk"), True, "transient TimeoutError"),
+        (RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:5000"), True, "transient"),
+        (torch.distributed.DistNetworkError("store lost"), True, "transient DistNetworkError: store lost"),
     ],
 )
 def test_only_failures_that_may_pass_are_retried(error, retry, reason):
