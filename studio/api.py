@@ -220,10 +220,14 @@ class Studio:
     def validate(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config as the job will run it; raises ConfigError naming the first bad field. Paths must lie
         inside the data directory (`studio.paths`): a web user reaches no other file of the server."""
+        return to_dict(validate_config(self._confined(config), self.jobs.catalog, self.data_dir))
+
+    def _confined(self, config: dict[str, Any]) -> TrainConfig:
+        """The config's fields, its paths checked to lie in the data directory (unless the owner's)."""
         checked = from_dict(TrainConfig, config)
         if self.confine_paths:
             confine_config(checked, self.data_dir)
-        return to_dict(validate_config(checked, self.jobs.catalog, self.data_dir))
+        return checked
 
     def config_from_yaml(self, text: str) -> dict[str, Any]:
         if len(text) > MAX_CONFIG_BYTES:
@@ -250,7 +254,7 @@ class Studio:
         return yaml.safe_dump(config, sort_keys=False)
 
     def submit(self, config: dict[str, Any], name: str = "") -> int:
-        return self.jobs.submit(self.validate(config), name)
+        return self.jobs.submit(self._confined(config), name)  # the job service validates the rest, once
 
     # --- the Jobs tab --------------------------------------------------------------------------
 
