@@ -96,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=int)
     pretrain.add_argument("--seed", type=int)
     pretrain.add_argument("--snapshot-every", type=int, help="also save step_N/ snapshots")
+    pretrain.add_argument(
+        "--freeze-text-encoder",
+        action="store_false",
+        dest="train_text_encoder",
+        default=None,
+        help="keep the text encoder at its random initialisation",
+    )
+    pretrain.add_argument("--parse-weight", type=float, help="weight of the text encoder's prompt-parsing objective")
+    pretrain.add_argument(
+        "--relation-caption-accuracy", type=float, help="share of relation captions that name the drawn relation"
+    )
     train = commands.add_parser("train", help="train a LoRA with V-GRPO")
     config_source = train.add_mutually_exclusive_group()
     config_source.add_argument("--config", type=Path, help="a YAML training config")
@@ -330,6 +341,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             "batch_size": args.batch_size,
             "seed": args.seed,
             "snapshot_every": args.snapshot_every,
+            "train_text_encoder": args.train_text_encoder,
+            "parse_weight": args.parse_weight,
+            "relation_caption_accuracy": args.relation_caption_accuracy,
         }.items()
         if v is not None
     }

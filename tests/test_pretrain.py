@@ -1,8 +1,19 @@
+import random
+
+import numpy as np
 import pytest
 import torch
 
+from trainer_core.shapes.grammar import COLORS, RELATIONS, SceneSpec, parse_prompt
 from trainer_core.shapes.pipeline import ShapesModelConfig, ShapesPipeline
-from trainer_core.shapes.pretrain import PretrainConfig, pretrain_shapes
+from trainer_core.shapes.pretrain import (
+    PARSE_CLASSES,
+    PretrainConfig,
+    RenderedScenes,
+    parse_labels,
+    pretrain_shapes,
+)
+from trainer_core.shapes.scoring import score_images
 
 
 def _weights(pipe: ShapesPipeline) -> dict[str, torch.Tensor]:
@@ -21,6 +32,71 @@ def test_pretraining_is_reproducible_and_saves_a_loadable_pipeline(tiny_shapes, 
     assert "steps=6" in (tmp_path / "a" / "PRETRAIN.txt").read_text()
 
 
+def _text_weights(pipe: ShapesPipeline) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+
+
+def test_the_text_encoder_trains_unless_frozen(tiny_shapes, tmp_path):
+    from trainer_core.shapes.pipeline import build_shapes_pipeline
+
+    initial = _text_weights(build_shapes_pipeline(tiny_shapes, seed=0))
+    config = PretrainConfig(steps=4, batch_size=8, warmup_steps=1, model=tiny_shapes, train_text_encoder=False)
+    pretrain_shapes(config, tmp_path / "frozen", progress=False)
+    frozen = ShapesPipeline.from_pretrained(tmp_path / "frozen", local_files_only=True)
+    assert all(torch.equal(v, initial[k]) for k, v in _text_weights(frozen).items())
+    assert "train_text_encoder=False" in (tmp_path / "frozen" / "PRETRAIN.txt").read_text()
+    joint = pretrain_shapes(
+        PretrainConfig(steps=4, batch_size=8, warmup_steps=1, model=tiny_shapes), tmp_path / "joint", progress=False
+    )
+    moved = [k for k, v in _text_weights(joint).items() if not torch.equal(v, initial[k])]
+    assert any("embeddings" in k for k in moved) and any("layers.0" in k for k in moved)
+
+
+def test_parse_labels_read_the_spec_back():
+    labels = parse_labels(["two red circles left of a blue square", "a circle", "", "four green triangles"])
+    # relation, then per group slot: count, shape, colour (0: absent); circle, square, triangle = 1, 2, 3
+    assert labels[0].tolist() == [1 + RELATIONS.index("left of"), 2, 1, 1 + COLORS.index("red"), 1, 2, 5]
+    assert labels[1].tolist() == [0, 1, 1, 0, 0, 0, 0]
+    assert labels[2].tolist() == [-100] * len(PARSE_CLASSES)
+    assert labels[3].tolist() == [0, 4, 3, 1 + COLORS.index("green"), 0, 0, 0]
+
+
+def test_unreliable_relation_captions_name_the_opposite_relation_at_the_configured_rate():
+    scenes = iter(RenderedScenes(seed=0, resolution=32, prompt_dropout=0.0, relation_caption_accuracy=0.7))
+    images, specs = [], []
+    while len(specs) < 400:
+        image, prompt = next(scenes)
+        spec = parse_prompt(prompt)
+        if spec.relation is not None:
+            images.append(((image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+            specs.append(spec)
+    agrees = [s["position"] == 1.0 for s in score_images(np.stack(images), specs)]
+    assert 0.63 < np.mean(agrees) < 0.77  # 0.7 +- 3 standard errors
+    with pytest.raises(ValueError, match="relation_caption_accuracy"):
+        PretrainConfig(relation_caption_accuracy=0.2)
+    with pytest.raises(ValueError, match="parse_weight"):
+        PretrainConfig(parse_weight=1.0, train_text_encoder=False)
+
+
+@pytest.mark.slow
+def test_the_parse_objective_keeps_opposite_relations_apart(tiny_shapes, tmp_path):
+    from trainer_core.shapes.grammar import OPPOSITE_RELATIONS, sample_spec
+
+    rng = random.Random(0)
+    specs = [sample_spec(rng, "position") for _ in range(32)]
+    opposite = [SceneSpec(s.groups, OPPOSITE_RELATIONS[s.relation]) for s in specs]
+
+    def relative_gap(parse_weight: float) -> float:
+        config = PretrainConfig(steps=150, batch_size=16, warmup_steps=10, model=tiny_shapes, parse_weight=parse_weight)
+        pipe = pretrain_shapes(config, tmp_path / str(parse_weight), progress=False)
+        with torch.no_grad():
+            a, _ = pipe.encode_prompt([s.prompt for s in specs])
+            b, _ = pipe.encode_prompt([s.prompt for s in opposite])
+        return float(((a - b)[:, -1].norm(dim=-1) / a[:, -1].norm(dim=-1)).mean())
+
+    assert relative_gap(1.0) > 2 * relative_gap(0.0)
+
+
 @pytest.mark.slow
 def test_pretraining_lowers_the_flow_matching_loss(tiny_shapes, tmp_path):
     from trainer_core.shapes.pipeline import build_shapes_pipeline
@@ -36,7 +112,7 @@ def test_pretraining_lowers_the_flow_matching_loss(tiny_shapes, tmp_path):
 
     def held_out_loss(pipe) -> float:
         with torch.no_grad():
-            return float(flow_matching_loss(pipe, images, prompts, torch.Generator().manual_seed(0)))
+            return float(flow_matching_loss(pipe, images, prompts, torch.Generator().manual_seed(0))[0])
 
     before = held_out_loss(build_shapes_pipeline(tiny_shapes, seed=config.seed))
     after = held_out_loss(pretrain_shapes(config, tmp_path / "run", progress=False))

@@ -213,7 +213,7 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-_OPPOSITE_RELATIONS: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+OPPOSITE_RELATIONS: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def counterfactual_spec(rng: random.Random, spec: SceneSpec) -> SceneSpec:
@@ -256,7 +256,7 @@ def _counterfactual_draw(rng: random.Random, spec: SceneSpec) -> SceneSpec | Non
             first = rng.randint(1, total - 1)
             return SceneSpec((ObjectGroup(first, a.shape, a.color), ObjectGroup(total - first, b.shape, b.color)))
         if category == "position":
-            return SceneSpec(groups, _OPPOSITE_RELATIONS[spec.relation or ""])
+            return SceneSpec(groups, OPPOSITE_RELATIONS[spec.relation or ""])
     except PromptError:
         return None
     raise PromptError(f"category: must be one of {', '.join(CATEGORIES)}, got {category!r}")
