@@ -60,7 +60,8 @@ class PretrainConfig:
     grad_clip: max gradient norm (1.0).
     seed: seeds weights, data and noise (0).
     train_text_encoder: train the text encoder with the denoiser (True); False keeps it at its random
-        initialisation, which keeps relations apart but slows the learning of objects about tenfold.
+        initialisation, which keeps relations apart but slows the learning of objects (the right groups in
+        6% of images after 3000 steps, against 41%).
     parse_weight: weight of the text encoder's own objective, reading the prompt's spec back from its last
         state (0: none; needs train_text_encoder).
     relation_caption_accuracy: probability that a relation scene's caption names the drawn relation;
@@ -219,7 +220,7 @@ def pretrain_shapes(config: PretrainConfig, out: Path, progress: bool = True) ->
         (loss + config.parse_weight * parse).backward()
         if parse_head is None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        else:  # the parse loss's gradients dwarf the flow loss's: clipped together, the UNet would stall
+        else:  # clipped apart, so that the parse loss's gradients never shrink the UNet's step
             torch.nn.utils.clip_grad_norm_(pipe.unet.parameters(), config.grad_clip)
             torch.nn.utils.clip_grad_norm_([*pipe.text_encoder.parameters(), *head_params], config.grad_clip)
         optimizer.step()
