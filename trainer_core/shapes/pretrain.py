@@ -118,7 +118,9 @@ class RenderedScenes(IterableDataset):
         while True:
             spec = sample_spec(rng)
             image, _ = render_spec(spec, rng, self.resolution)
-            if spec.relation is not None and rng.random() >= self.relation_caption_accuracy:
+            # drawn only when captions may lie, so that accuracy 1 keeps the stream shapes-base was trained on
+            lies = self.relation_caption_accuracy < 1 and spec.relation is not None
+            if lies and rng.random() >= self.relation_caption_accuracy:
                 spec = SceneSpec(spec.groups, OPPOSITE_RELATIONS[spec.relation])
             prompt = "" if rng.random() < self.prompt_dropout else spec.prompt
             yield torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, prompt
