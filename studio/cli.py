@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument(
         "--relation-caption-accuracy", type=float, help="share of relation captions that name the drawn relation"
     )
+    pretrain.add_argument("--time-shift", type=float, help="shift of the training noise levels toward high noise")
+    pretrain.add_argument(
+        "--pooled-modulation", action="store_true", help="the pooled prompt modulates every ResNet (adaLN-like)"
+    )
+    pretrain.add_argument("--coordinate-channels", action="store_true", help="x, y planes as extra UNet inputs")
     train = commands.add_parser("train", help="train a LoRA with V-GRPO")
     config_source = train.add_mutually_exclusive_group()
     config_source.add_argument("--config", type=Path, help="a YAML training config")
@@ -344,10 +349,16 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             "train_text_encoder": args.train_text_encoder,
             "parse_weight": args.parse_weight,
             "relation_caption_accuracy": args.relation_caption_accuracy,
+            "time_shift": args.time_shift,
         }.items()
         if v is not None
     }
-    config = dataclasses.replace(PretrainConfig(), **overrides)
+    architecture = {"pooled_modulation": True} if args.pooled_modulation else {}
+    if args.coordinate_channels:
+        architecture["coordinate_channels"] = True
+    defaults = PretrainConfig()
+    model = dataclasses.replace(defaults.model, **architecture)
+    config = dataclasses.replace(defaults, model=model, **overrides)
     pretrain_shapes(config, args.out)
     print(f"saved the shapes pipeline to {args.out}")
 

@@ -156,3 +156,29 @@ def test_building_the_parser_imports_no_torch():
     code = "import sys, studio.cli; studio.cli.build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_pretrain_shapes_builds_the_architecture_and_noise_levels_it_is_asked_for(tmp_path):
+    out = tmp_path / "base"
+    main(
+        [
+            "pretrain-shapes",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--pooled-modulation",
+            "--coordinate-channels",
+            "--time-shift",
+            "3",
+        ]
+    )
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert (unet["in_channels"], unet["class_embed_type"], unet["resnet_time_scale_shift"]) == (
+        5,
+        "projection",
+        "scale_shift",
+    )
+    assert "time_shift=3.0 pooled_modulation=True coordinate_channels=True" in (out / "PRETRAIN.txt").read_text()

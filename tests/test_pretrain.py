@@ -128,3 +128,47 @@ def test_config_rejects_bad_values():
         ShapesModelConfig(resolution=30)
     with pytest.raises(ValueError, match="attention_levels"):
         ShapesModelConfig(attention_levels=5)
+    with pytest.raises(ValueError, match="time_shift"):
+        PretrainConfig(time_shift=0)
+
+
+def test_noise_levels_shift_toward_high_noise_and_are_unchanged_without_shift():
+    from trainer_core.shapes.pretrain import training_noise_levels
+
+    plain = torch.sigmoid(torch.randn(20_000, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(training_noise_levels(20_000, torch.Generator().manual_seed(5)), plain)
+    shifted = training_noise_levels(20_000, torch.Generator().manual_seed(5), time_shift=3.0)
+    assert torch.all(shifted >= plain) and torch.all((shifted > 0) & (shifted < 1))
+    # t > 0.9 <=> the unshifted draw > 0.75: P(N(0,1) > log 3) = 0.1357
+    assert abs(float((shifted > 0.9).float().mean()) - 0.1357) < 0.01
+    assert float((plain > 0.9).float().mean()) < 0.02
+
+
+def _velocity(pipe: ShapesPipeline, pooled_offset: float = 0.0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        states, pooled = pipe.encode_prompt(["a red circle left of a blue square", "two green triangles"])
+        return pipe.velocity(z, torch.tensor([0.9, 0.5]), states, pooled + pooled_offset)
+
+
+def test_pooled_modulation_and_coordinate_channels_reach_the_velocity_and_survive_saving(tiny_shapes, tmp_path):
+    import dataclasses
+
+    from trainer_core.shapes.pipeline import build_shapes_pipeline, coordinate_planes
+
+    plain = build_shapes_pipeline(tiny_shapes, seed=1)
+    assert torch.equal(_velocity(plain), _velocity(plain, pooled_offset=1.0))  # the pooled embedding is unused
+
+    config = dataclasses.replace(tiny_shapes, pooled_modulation=True, coordinate_channels=True)
+    pipe = build_shapes_pipeline(config, seed=1)
+    assert pipe.unet.config.in_channels == 5 and pipe.unet.config.resnet_time_scale_shift == "scale_shift"
+    assert not torch.allclose(_velocity(pipe), _velocity(pipe, pooled_offset=1.0))
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = ShapesPipeline.from_pretrained(tmp_path / "pipe", local_files_only=True)
+    assert torch.equal(_velocity(loaded), _velocity(pipe))
+
+    planes = coordinate_planes(torch.zeros(1, 3, 4, 6))
+    assert planes.shape == (1, 2, 4, 6)
+    assert planes[0, 0, 2, 0] == -1 and planes[0, 0, 2, -1] == 1  # x runs left to right
+    assert planes[0, 1, 0, 3] == -1 and planes[0, 1, -1, 3] == 1  # y runs top to bottom

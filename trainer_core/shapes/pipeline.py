@@ -4,7 +4,10 @@ Components, all stock diffusers / transformers classes as in SD1.5 and SD3:
 
 - `unet`: `UNet2DConditionModel` predicting velocity v ~ eps - x0 on
   3-channel pixels (no VAE), with cross-attention to the prompt at the coarse
-  levels, where composition is decided;
+  levels, where composition is decided; optionally (as SDXL, SD3 and FLUX) the
+  pooled prompt embedding modulating every ResNet through the timestep
+  embedding, and x, y coordinate planes as extra inputs (the role of SD3's
+  and FLUX's positional embeddings);
 - `text_encoder`: `CLIPTextModel`, whose hidden states are the cross-attention
   context;
 - `tokenizer`: a word-level `PreTrainedTokenizerFast` over the grammar's words;
@@ -43,6 +46,12 @@ class ShapesModelConfig:
     text_layers: text encoder layers (2).
     max_tokens: prompt length after padding, BOS and EOS included (16).
     shift: time shift of the sampling sigma grid, as SD3's `shift` (1.0: none).
+    pooled_modulation: the pooled prompt embedding is added to the timestep embedding and scales and
+        shifts every ResNet's features (False). Cross-attention alone does not learn to place objects by
+        the prompt; with this and `coordinate_channels` two prompts that differ only in "left"/"right" are
+        drawn apart within 300 steps (docs/shapes-relations.md).
+    coordinate_channels: two input planes holding x and y in [-1, 1], so that features know where they are
+        (False).
     """
 
     resolution: int = 32
@@ -54,6 +63,8 @@ class ShapesModelConfig:
     text_layers: int = 2
     max_tokens: int = 16
     shift: float = 1.0
+    pooled_modulation: bool = False
+    coordinate_channels: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -123,8 +134,20 @@ class ShapesPipeline(DiffusionPipeline):
         return out.last_hidden_state, out.pooler_output
 
     def velocity(self, z: torch.Tensor, t: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise); `pooled` is unused here."""
-        return self.unet(z, t * 1000, encoder_hidden_states=states).sample
+        """v_theta(z_t, t, c) for z [B, 3, H, W] and t [B] in [0, 1] (1 = noise)."""
+        config = self.unet.config
+        extra = {"class_labels": pooled} if config.class_embed_type == "projection" else {}
+        if config.in_channels == config.out_channels + 2:
+            z = torch.cat([z, coordinate_planes(z)], dim=1)
+        return self.unet(z, t * 1000, encoder_hidden_states=states, **extra).sample
+
+
+def coordinate_planes(z: torch.Tensor) -> torch.Tensor:
+    """[B, 2, H, W]: x and y of every pixel in [-1, 1], in z's dtype and device."""
+    n, _, h, w = z.shape
+    ys = torch.linspace(-1, 1, h, device=z.device, dtype=z.dtype)
+    xs = torch.linspace(-1, 1, w, device=z.device, dtype=z.dtype)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy")).expand(n, 2, h, w)
 
 
 def build_shapes_pipeline(config: ShapesModelConfig, seed: int = 0) -> ShapesPipeline:
@@ -149,7 +172,7 @@ def build_shapes_pipeline(config: ShapesModelConfig, seed: int = 0) -> ShapesPip
     plain = levels - config.attention_levels
     unet = UNet2DConditionModel(
         sample_size=config.resolution,
-        in_channels=3,
+        in_channels=5 if config.coordinate_channels else 3,
         out_channels=3,
         block_out_channels=config.channels,
         layers_per_block=config.layers_per_block,
@@ -158,6 +181,15 @@ def build_shapes_pipeline(config: ShapesModelConfig, seed: int = 0) -> ShapesPip
         cross_attention_dim=config.text_dim,
         attention_head_dim=config.head_dim,
         norm_num_groups=8,
+        **(
+            {
+                "class_embed_type": "projection",
+                "projection_class_embeddings_input_dim": config.text_dim,
+                "resnet_time_scale_shift": "scale_shift",
+            }
+            if config.pooled_modulation
+            else {}
+        ),
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.shift)
     return ShapesPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

@@ -66,6 +66,9 @@ class PretrainConfig:
         state (0: none; needs train_text_encoder).
     relation_caption_accuracy: probability that a relation scene's caption names the drawn relation;
         otherwise it names the opposite one (1.0).
+    time_shift: shift of the training noise levels, t -> s t / (1 + (s - 1) t) on the logit-normal draw,
+        as SD3 shifts them for larger images (1.0: none). Where objects go is decided at high noise, which
+        the unshifted draw rarely visits (t > 0.9 in 1.4% of draws; with 3.0, 14%).
     snapshot_every: also save the EMA model every this many steps under `step_N/` (0: never).
     model: architecture (ShapesModelConfig).
     """
@@ -82,6 +85,7 @@ class PretrainConfig:
     train_text_encoder: bool = True
     parse_weight: float = 0.0
     relation_caption_accuracy: float = 1.0
+    time_shift: float = 1.0
     model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +104,8 @@ class PretrainConfig:
             raise ValueError("parse_weight: trains the text encoder; set train_text_encoder or leave it at 0")
         if not 0.5 <= self.relation_caption_accuracy <= 1:
             raise ValueError(f"relation_caption_accuracy: must be in [0.5, 1], got {self.relation_caption_accuracy}")
+        if not self.time_shift > 0:
+            raise ValueError(f"time_shift: must be positive, got {self.time_shift}")
         if self.warmup_steps < 0 or self.snapshot_every < 0:
             raise ValueError("warmup_steps, snapshot_every: must be non-negative")
 
@@ -167,16 +173,24 @@ class PromptParseHead(torch.nn.Module):
         return torch.stack(parts).nan_to_num().mean()
 
 
+def training_noise_levels(n: int, generator: torch.Generator, time_shift: float = 1.0) -> torch.Tensor:
+    """[n] noise levels t in (0, 1): logit-normal(0, 1), then shifted toward 1 by `time_shift`."""
+    t = torch.sigmoid(torch.randn(n, generator=generator))
+    return time_shift * t / (1 + (time_shift - 1) * t)
+
+
 def flow_matching_loss(
     pipe: ShapesPipeline,
     images: torch.Tensor,
     prompts: list[str],
     generator: torch.Generator,
     parse_head: PromptParseHead | None = None,
+    time_shift: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Velocity regression loss on one batch, t ~ logit-normal(0, 1), and the parse loss (0 without a head)."""
+    """Velocity regression loss on one batch, t ~ logit-normal(0, 1) shifted by `time_shift`, and the
+    parse loss (0 without a head)."""
     noise = torch.randn(images.shape, generator=generator)
-    t = torch.sigmoid(torch.randn(images.shape[0], generator=generator))
+    t = training_noise_levels(images.shape[0], generator, time_shift)
     tb = t.view(-1, 1, 1, 1)
     z = (1 - tb) * images + tb * noise
     states, pooled = pipe.encode_prompt(prompts)
@@ -217,7 +231,7 @@ def pretrain_shapes(config: PretrainConfig, out: Path, progress: bool = True) ->
     bar = tqdm(total=config.steps, disable=not progress, desc="pretrain", unit="step")
     loss_avg = math.nan
     for step, (images, prompts) in enumerate(data, start=1):
-        loss, parse = flow_matching_loss(pipe, images, list(prompts), generator, parse_head)
+        loss, parse = flow_matching_loss(pipe, images, list(prompts), generator, parse_head, config.time_shift)
         optimizer.zero_grad(set_to_none=True)
         (loss + config.parse_weight * parse).backward()
         if parse_head is None:
@@ -245,7 +259,8 @@ def pretrain_shapes(config: PretrainConfig, out: Path, progress: bool = True) ->
     (out / "PRETRAIN.txt").write_text(
         f"steps={config.steps} batch_size={config.batch_size} seed={config.seed} "
         f"train_text_encoder={config.train_text_encoder} parse_weight={config.parse_weight} "
-        f"relation_caption_accuracy={config.relation_caption_accuracy} "
+        f"relation_caption_accuracy={config.relation_caption_accuracy} time_shift={config.time_shift} "
+        f"pooled_modulation={config.model.pooled_modulation} coordinate_channels={config.model.coordinate_channels} "
         f"minutes={minutes:.1f} final_loss_ema={loss_avg:.4f}\n"
     )
     return ema
