@@ -12,7 +12,7 @@ from trainer_core.config import ConfigError, FlowGRPOConfig, MixGRPOConfig, Roll
 from trainer_core.mdp_trainer import sde_window
 from trainer_core.rewards.base import RewardMix
 from trainer_core.rewards.builtin import builtin_rewards
-from trainer_core.sde import gaussian_log_prob, mean_kl, sde_step_mean_std
+from trainer_core.sde import gaussian_log_prob, reference_kl, sde_sigma, sde_step_mean_std
 
 
 def test_sde_step_mean_and_variance_match_the_formula():
@@ -36,7 +36,8 @@ def test_sde_sigma_is_capped_at_t_equal_one():
     z, v = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     mean, std = sde_step_mean_std(z, v, 1.0, 0.9, 0.7, t_cap=0.9)
     assert torch.isfinite(mean).all() and math.isfinite(std)
-    assert std == pytest.approx(0.7 * math.sqrt(0.9 / 0.1) * math.sqrt(0.1))
+    # only the denominator is capped, as in flow_grpo: s_1 = a sqrt(1 / (1 - 0.9))
+    assert std == pytest.approx(0.7 * math.sqrt(1 / 0.1) * math.sqrt(0.1))
 
 
 def test_log_prob_of_the_sampled_next_state_is_the_gaussian_density():
@@ -46,13 +47,59 @@ def test_log_prob_of_the_sampled_next_state_is_the_gaussian_density():
     z_next = mean + std * torch.randn_like(mean)
     independent = torch.distributions.Normal(mean, std).log_prob(z_next).flatten(1).mean(1)
     assert torch.allclose(gaussian_log_prob(z_next, mean, std), independent, atol=1e-5)
-    # KL between the step Gaussians of two means, closed form vs Monte Carlo: E_p[log p - log q].
+    # Flow-GRPO's penalty is the KL between the two step Gaussians (Monte Carlo: E_p[log p - log q])
+    # times |dt|: it divides by s_t^2, not by the step's variance s_t^2 |dt|.
     other = mean + 0.1 * torch.randn_like(mean)
     draws = mean + std * torch.randn(4000, *mean.shape)
     p = torch.distributions.Normal(mean, std)
     q = torch.distributions.Normal(other, std)
     mc = (p.log_prob(draws) - q.log_prob(draws)).mean(0).flatten(1).mean(1)
-    assert torch.allclose(mean_kl(mean, other, std), mc, rtol=0.1, atol=2e-3)
+    sigma = sde_sigma(0.5, 0.7, 0.9)
+    assert torch.allclose(reference_kl(mean, other, sigma), 0.1 * mc, rtol=0.1, atol=2e-4)
+
+
+def test_step_log_prob_and_kl_equal_flow_grpo_and_mixgrpo_on_a_diffusers_grid():
+    """flow_grpo's `sde_step_with_logprob` and its KL term in `train_sd3.py`, written out here from their
+    formulas, on the sigmas of a diffusers scheduler; MixGRPO's `flow_grpo_step` is the same step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from trainer_core.samplers import sigma_grid
+
+    steps, shift, a = 10, 3.0, 0.7
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(sigmas=torch.linspace(1, 0, steps + 1)[:-1].tolist())
+    sigmas = scheduler.sigmas.double()
+    grid = sigma_grid(steps, shift).tolist()
+    assert torch.allclose(sigmas, torch.tensor(grid, dtype=torch.float64), atol=1e-7)
+    times = sigmas.tolist()  # the same numbers on both sides: the grids agree to float32 above
+    t_cap = times[1]  # FlowGRPOTrainer's cap: the grid's second time
+    generator = torch.Generator().manual_seed(0)
+    shape = (3, 3, 8, 8)
+    for i in range(steps - 1):  # the last step lands on t = 0, where flow_grpo's s_t is 0 too
+        z = torch.randn(shape, generator=generator, dtype=torch.float64)
+        v = torch.randn(shape, generator=generator, dtype=torch.float64)
+        v_ref = v + 0.05 * torch.randn(shape, generator=generator, dtype=torch.float64)
+        eps = torch.randn(shape, generator=generator, dtype=torch.float64)
+        # the reference
+        sigma, sigma_next, sigma_max = sigmas[i], sigmas[i + 1], sigmas[1]
+        dt = sigma_next - sigma
+        std_dev_t = torch.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma))) * a
+        ref_mean = z * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        ref_std = std_dev_t * torch.sqrt(-dt)
+        x = ref_mean + ref_std * eps
+        ref_log_prob = -((x - ref_mean) ** 2) / (2 * ref_std**2) - torch.log(ref_std) - math.log(math.sqrt(2 * math.pi))
+        ref_mean_other = (
+            z * (1 + std_dev_t**2 / (2 * sigma) * dt) + v_ref * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        )
+        ref_kl = ((ref_mean - ref_mean_other) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t**2)
+        # ours
+        mean, std = sde_step_mean_std(z, v, times[i], times[i + 1], a, t_cap)
+        mean_other, _ = sde_step_mean_std(z, v_ref, times[i], times[i + 1], a, t_cap)
+        assert torch.allclose(mean, ref_mean, atol=1e-6, rtol=0), i
+        assert std == pytest.approx(float(ref_std), abs=1e-6), i
+        assert torch.allclose(gaussian_log_prob(x, mean, std), ref_log_prob.mean(dim=(1, 2, 3)), atol=1e-6, rtol=0), i
+        kl = reference_kl(mean, mean_other, sde_sigma(times[i], a, t_cap))
+        assert torch.allclose(kl, ref_kl, atol=1e-6, rtol=0), i
 
 
 def test_with_noise_level_zero_the_sde_step_is_the_euler_step():

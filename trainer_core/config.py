@@ -165,8 +165,9 @@ class FlowGRPOConfig:
     noise_level: a in the SDE's s_t = a sqrt(t / (1 - t)) (0.7; paper 0.7).
     clip_epsilon: PPO clip of the per-step ratio (1e-4; paper 1e-4).
     advantage_clip: advantages are clamped to +-advantage_clip (5.0; paper 5).
-    beta: weight of the KL to the reference model (LoRA disabled); 0 skips the reference pass
-        (0.04; paper 0.01..0.04).
+    beta: weight of the KL to the reference model (LoRA disabled), in flow_grpo's units (the squared
+        distance of the step means over 2 s_t^2); 0 skips the reference pass (0.04; flow_grpo's SD3
+        configs 0.04, MixGRPO's reference 0).
     timestep_fraction: share of the stochastic steps trained each iteration, drawn at random
         (1.0; Flow-GRPO all, DanceGRPO 0.6).
     gradient_steps: optimiser steps per iteration on the same rollouts (1; paper 1).

@@ -8,9 +8,9 @@ stores its Gaussian log-prob at theta_old, and the loss is a clipped ratio per s
     loss   = mean_j [ -mean_i min(rho_ij A_i, clip(rho_ij, 1 - eps, 1 + eps) A_i) + beta KL_j(theta || ref) ]
 
 with advantages clamped to +-advantage_clip and the KL to the reference model (LoRA disabled)
-in closed form between the two step Gaussians. The reference means are computed once per
-iteration in the old pass (the reference never changes), gradients of all trained steps are
-accumulated into one optimiser step.
+in flow_grpo's form, |mean - mean_ref|^2 / (2 s_t^2) (`trainer_core.sde.reference_kl`). The
+reference means are computed once per iteration in the old pass (the reference never changes),
+gradients of all trained steps are accumulated into one optimiser step.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import FlowGRPOConfig, MixGRPOConfig, TrainConfig
 from trainer_core.rewards.base import RewardMix
 from trainer_core.samplers import sigma_grid
-from trainer_core.sde import gaussian_log_prob, mean_kl, sde_step_mean_std
+from trainer_core.sde import gaussian_log_prob, reference_kl, sde_sigma, sde_step_mean_std
 from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
 from trainer_core.vgrpo import clipped_objective, k3_kl
 
@@ -164,7 +164,8 @@ class FlowGRPOTrainer(GroupTrainer):
                     objective, clip_fraction = clipped_objective(ratio, batch.advantages[part], cfg.clip_epsilon)
                     loss = -objective.mean()
                     if step in batch.mean_ref:
-                        kl = mean_kl(mean, batch.mean_ref[step][part], std).mean()
+                        sigma = sde_sigma(self.sigmas[step], cfg.noise_level, self.t_cap)
+                        kl = reference_kl(mean, batch.mean_ref[step][part], sigma).mean()
                         loss = loss + cfg.beta * kl
                     else:
                         kl = k3_kl(log_ratio)  # to theta_old

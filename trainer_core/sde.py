@@ -19,9 +19,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def sde_sigma(t: float, noise_level: float, t_cap: float) -> float:
-    """s_t = a sqrt(t / (1 - t)), with t capped below 1 where s_t would be infinite."""
-    t = min(t, t_cap)
-    return noise_level * math.sqrt(t / (1 - t))
+    """s_t = a sqrt(t / (1 - t)); at t = 1, where that is infinite, the denominator takes t_cap (flow_grpo
+    caps it at the grid's second sigma, and only in the denominator)."""
+    return noise_level * math.sqrt(t / (1 - min(t, t_cap)))
 
 
 def sde_step_mean_std(
@@ -42,6 +42,10 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.
     return (-((x - mean) ** 2) / (2 * std**2) - math.log(std) - _HALF_LOG_2PI).flatten(1).mean(1)
 
 
-def mean_kl(mean: torch.Tensor, mean_ref: torch.Tensor, std: float) -> torch.Tensor:
-    """KL between two Gaussians with one std, per sample [B], averaged over dimensions."""
-    return ((mean - mean_ref) ** 2 / (2 * std**2)).flatten(1).mean(1)
+def reference_kl(mean: torch.Tensor, mean_ref: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Flow-GRPO's KL penalty per sample [B]: |mean - mean_ref|^2 / (2 s_t^2), averaged over dimensions.
+
+    That is the KL between the two step Gaussians times |dt|: flow_grpo divides by the SDE's s_t^2, not
+    by the step's variance s_t^2 |dt|, so its beta (0.04) means here what it means there. Dividing by
+    the step's variance would make the same beta 1 / |dt| times stronger (10x on a 10-step grid)."""
+    return ((mean - mean_ref) ** 2 / (2 * sigma**2)).flatten(1).mean(1)
