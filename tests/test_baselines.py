@@ -115,7 +115,7 @@ def test_an_sde_step_must_run_backwards_in_time():
 
 
 def test_mixgrpo_window_moves_as_configured():
-    mix = MixGRPOConfig(window_size=3, window_start=1, window_stride=2, window_interval=5)
+    mix = MixGRPOConfig(window_size=3, window_start=1, window_stride=2, window_interval=5, window_last_start=1.0)
     starts = [sde_window(10, iteration, "mix-grpo", mix).start for iteration in range(0, 30)]
     assert starts[:5] == [1] * 5  # holds for window_interval iterations
     assert starts[5:10] == [3] * 5 and starts[10:15] == [5] * 5
@@ -124,13 +124,27 @@ def test_mixgrpo_window_moves_as_configured():
     assert list(sde_window(10, 17, "flow-grpo", mix)) == list(range(10))
 
 
+def test_mixgrpo_window_by_default_spreads_its_moves_over_the_run_and_never_reaches_the_last_steps():
+    mix = MixGRPOConfig()
+    starts = [sde_window(10, i, "mix-grpo", mix, iterations=100).start for i in range(100)]
+    assert starts[0] == 0 and max(starts) == 5  # the start stops at half the steps
+    assert starts == sorted(starts) and len(set(starts)) == 6
+    assert [starts.index(k) for k in range(6)] == [0, 17, 34, 51, 68, 85]  # moves spread evenly
+    assert max(max(sde_window(10, i, "mix-grpo", mix, iterations=100)) for i in range(100)) == 8
+    # the reference's run: 25 steps, windows of 4, 300 iterations: a move every 24 iterations, start <= 12
+    reference = [sde_window(25, i, "mix-grpo", mix, iterations=300).start for i in range(300)]
+    assert max(reference) == 12 and reference.index(1) == 24
+
+
 def test_baseline_configs_name_their_fields():
     with pytest.raises(ConfigError, match=r"flow_grpo\.noise_level"):
         FlowGRPOConfig(noise_level=-1)
     with pytest.raises(ConfigError, match=r"flow_grpo\.timestep_fraction"):
         FlowGRPOConfig(timestep_fraction=0)
     with pytest.raises(ConfigError, match=r"mix_grpo\.window_interval"):
-        MixGRPOConfig(window_interval=0)
+        MixGRPOConfig(window_interval=-1)
+    with pytest.raises(ConfigError, match=r"mix_grpo\.window_last_start"):
+        MixGRPOConfig(window_last_start=1.5)
     with pytest.raises(ConfigError, match=r"mix_grpo\.window_size"):
         TrainConfig(algorithm="mix-grpo", rollout=RolloutConfig(steps=3), mix_grpo=MixGRPOConfig(window_size=4))
     with pytest.raises(ConfigError, match="algorithm"):

@@ -10,7 +10,7 @@ from studio.runs import RunDirectory
 from studio.training import run_training
 from trainer_core.adapters import load_adapter
 from trainer_core.algorithms import make_trainer
-from trainer_core.config import FlowGRPOConfig, LoggingConfig, OptimizerConfig, RolloutConfig
+from trainer_core.config import ConfigError, FlowGRPOConfig, LoggingConfig, OptimizerConfig, RolloutConfig
 from trainer_core.lora import read_lora
 from trainer_core.prompt_source import PromptSource
 from trainer_core.rewards.base import Reward, RewardMix, RewardMixConfig
@@ -354,11 +354,19 @@ def test_dropping_tied_groups_keeps_the_groups_whose_rewards_differ(tiny_model, 
     assert candidates.training_images(np.array([0.0, 0.3, 0.0, 0.0, 0.1, 0.0])).tolist() == [2, 3, 8, 9]
 
 
-def _trainer_with_one_prompt(tiny_model, tiny_config, tmp_path, algorithm: str, shared_noise: bool):
+def _trainer_with_one_prompt(
+    tiny_model, tiny_config, tmp_path, algorithm: str, shared_noise: bool, same_noise_in_group: bool = False
+):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     rollout = RolloutConfig(
-        prompts_per_iteration=3, group_size=4, steps=3, solver="euler", prompts=str(prompts), shared_noise=shared_noise
+        prompts_per_iteration=3,
+        group_size=4,
+        steps=3,
+        solver="euler",
+        prompts=str(prompts),
+        shared_noise=shared_noise,
+        same_noise_in_group=same_noise_in_group,
     )
     config = tiny_config(algorithm=algorithm, rollout=rollout)
     return make_trainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
@@ -376,6 +384,24 @@ def test_shared_noise_gives_image_j_of_every_group_the_same_initial_noise(tiny_m
     assert distances[~torch.eye(4, dtype=torch.bool)].min() > 1.0  # the G noises of a group differ
     independent = noise(False)
     assert torch.cdist(independent[0], independent[1]).min() > 1.0
+
+
+@pytest.mark.parametrize("shared_noise", [False, True])
+def test_same_noise_in_group_starts_a_group_from_one_noise_and_the_sde_parts_them(
+    tiny_model, tiny_config, tmp_path, shared_noise
+):
+    trainer = _trainer_with_one_prompt(tiny_model, tiny_config, tmp_path, "flow-grpo", shared_noise, True)
+    noise = trainer.expand_prompts(trainer.prompts.draw(3))[2].view(3, 4, -1)
+    assert all(torch.equal(noise[g, j], noise[g, 0]) for g in range(3) for j in range(4))
+    across = torch.cdist(noise[:, 0], noise[:, 0])[~torch.eye(3, dtype=torch.bool)]
+    assert (across == 0).all() if shared_noise else across.min() > 1.0
+    latents = trainer.generate(trainer.prompts.draw(3))[0].latents.view(3, 4, -1)
+    assert (latents[0, 1] - latents[0, 0]).abs().amax() > 1e-2  # the SDE steps' noise differs
+
+
+def test_same_noise_in_group_is_refused_for_ode_rollouts(tiny_config):
+    with pytest.raises(ConfigError, match=r"rollout\.same_noise_in_group: only for flow-grpo and mix-grpo"):
+        tiny_config(algorithm="vgrpo", rollout=RolloutConfig(same_noise_in_group=True))
 
 
 def test_shared_noise_ode_rollouts_of_one_prompt_repeat_across_groups(tiny_model, tiny_config, tmp_path):

@@ -121,6 +121,9 @@ class RolloutConfig:
         another is pushed up in one group and down in the other, so prompt-independent habits cancel
         across groups and what remains is how the prompt should change the image. For the MDP baselines
         only the initial noise is shared, not their SDE steps' noise (False; paper none).
+    same_noise_in_group: the G images of a group start from one noise and differ only by their SDE
+        steps' noise (MixGRPO's and DanceGRPO's `init_same_noise`); MDP baselines only, since an ODE
+        rollout would draw G copies of one image (False; MixGRPO's reference True).
     """
 
     prompts_per_iteration: int = 8
@@ -133,6 +136,7 @@ class RolloutConfig:
     candidate_prompts: int = 0
     drop_tied_groups: bool = False
     shared_noise: bool = False
+    same_noise_in_group: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_iteration", "steps", "batch_size"):
@@ -199,17 +203,21 @@ class FlowGRPOConfig:
 class MixGRPOConfig:
     """MixGRPO's sliding window of stochastic steps (algorithm mix-grpo); the ODE runs elsewhere.
 
-    window_size: SDE steps per rollout, all of them trained (4; paper about 4).
+    window_size: SDE steps per rollout, all of them trained (4; paper 4 of 25).
     window_start: first step of the window at iteration 0 (0; paper 0).
     window_stride: steps the window moves later each time it moves (1; paper 1).
-    window_interval: iterations between moves; the window holds once it reaches the last step
-        (25; paper about 25).
+    window_interval: iterations between moves; 0 spreads the moves evenly over the run's `iterations`
+        (0; paper 25 iterations in a 300-iteration run: the spread gives 24 there).
+    window_last_start: the window's start never passes this share of the rollout steps, so the
+        low-noise end is never trained: the reference's window moves 12 times in its run and starts
+        at step 12 of 25 at most (0.5; paper about 0.5). 1.0 lets it reach the last steps.
     """
 
     window_size: int = 4
     window_start: int = 0
     window_stride: int = 1
-    window_interval: int = 25
+    window_interval: int = 0
+    window_last_start: float = 0.5
 
     def __post_init__(self) -> None:
         if self.window_size < 1:
@@ -217,8 +225,12 @@ class MixGRPOConfig:
         for name in ("window_start", "window_stride"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"mix_grpo.{name}: must be non-negative, got {getattr(self, name)}")
-        if self.window_interval < 1:
-            raise ConfigError(f"mix_grpo.window_interval: must be at least 1, got {self.window_interval}")
+        if self.window_interval < 0:
+            raise ConfigError(
+                f"mix_grpo.window_interval: must be 0 (spread over the run) or positive, got {self.window_interval}"
+            )
+        if not 0 <= self.window_last_start <= 1:
+            raise ConfigError(f"mix_grpo.window_last_start: must be in [0, 1], got {self.window_last_start}")
 
 
 @dataclass(frozen=True)
@@ -424,6 +436,11 @@ class TrainConfig:
             raise ConfigError(
                 f"resources.devices: at most the prompt groups rolled out per iteration "
                 f"({self.rollout.prompts_rolled_out}), so that every process has one; got {self.resources.devices}"
+            )
+        if self.rollout.same_noise_in_group and self.algorithm not in ("flow-grpo", "mix-grpo"):
+            raise ConfigError(
+                "rollout.same_noise_in_group: only for flow-grpo and mix-grpo, whose SDE steps make a group's "
+                f"images differ; {self.algorithm} samples the ODE, so every image of a group would be the same"
             )
         if self.algorithm == "mix-grpo" and self.mix_grpo.window_size > self.rollout.steps:
             raise ConfigError(

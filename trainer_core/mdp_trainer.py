@@ -15,6 +15,7 @@ gradients of all trained steps are accumulated into one optimiser step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,16 +29,23 @@ from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
 from trainer_core.vgrpo import clipped_objective, k3_kl
 
 
-def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig) -> range:
-    """Indices of the rollout steps that are stochastic (and trained) at `iteration` (0-based).
+def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig, iterations: int = 1) -> range:
+    """Indices of the rollout steps that are stochastic (and trained) at `iteration` (0-based) of a run of
+    `iterations`.
 
     Flow-GRPO: all of them. MixGRPO: `window_size` steps starting at `window_start`, moving
-    `window_stride` steps later every `window_interval` iterations and then holding at the end.
+    `window_stride` steps later every `window_interval` iterations (0: as often as spreads the moves
+    over the run) and holding once its start reaches `window_last_start` of the steps.
     """
     if algorithm != "mix-grpo":
         return range(steps)
     size = min(mix.window_size, steps)
-    start = min(mix.window_start + mix.window_stride * (iteration // mix.window_interval), steps - size)
+    last = max(mix.window_start, min(steps - size, math.floor(mix.window_last_start * steps)))
+    interval = mix.window_interval
+    if interval == 0:
+        moves = -(-(last - mix.window_start) // max(1, mix.window_stride))  # ceil
+        interval = max(1, -(-iterations // (moves + 1)))
+    start = min(mix.window_start + mix.window_stride * (iteration // interval), last)
     return range(start, start + size)
 
 
@@ -89,7 +97,9 @@ class FlowGRPOTrainer(GroupTrainer):
         cfg = self.config.rollout
         self.adapter.denoiser.eval()
         embeddings, prompt_per_image, noise = self.expand_prompts(prompts)
-        window = sde_window(cfg.steps, self.iteration, self.config.algorithm, self.config.mix_grpo)
+        window = sde_window(
+            cfg.steps, self.iteration, self.config.algorithm, self.config.mix_grpo, self.config.iterations
+        )
         trained = self._trained_steps(window)
         states = [noise.float()]
         log_probs = torch.zeros(cfg.steps, noise.shape[0], device=noise.device)

@@ -269,9 +269,13 @@ class GroupTrainer(ABC):
         group_size = self.config.rollout.group_size
         self.batch_rows = self.world.rows(len(prompts), group_size)
         self.batch_images = len(prompts) * group_size
-        if self.config.rollout.shared_noise:
-            group_noise = torch.randn(group_size, *self.adapter.latent_shape, generator=self.generator)
-            noise = group_noise.repeat(len(prompts), *[1] * len(self.adapter.latent_shape))
+        rollout, shape = self.config.rollout, self.adapter.latent_shape
+        if rollout.shared_noise:  # image j of every group from noise j; with same_noise_in_group, one for all
+            distinct = 1 if rollout.same_noise_in_group else group_size
+            group_noise = torch.randn(distinct, *shape, generator=self.generator)
+            noise = group_noise.repeat(len(prompts) * group_size // len(group_noise), *[1] * len(shape))
+        elif rollout.same_noise_in_group:
+            noise = torch.randn(len(prompts), *shape, generator=self.generator).repeat_interleave(group_size, dim=0)
         else:
             noise = torch.randn(len(prompts) * group_size, *self.adapter.latent_shape, generator=self.generator)
         rows = self.batch_rows
