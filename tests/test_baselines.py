@@ -210,3 +210,36 @@ def test_naive_elbo_turns_every_variance_reduction_off(tiny_config):
         False,
     )
     assert algorithm_vgrpo_config(tiny_config()).pair_sharing == "group"
+
+
+def test_minibatches_split_each_pass_into_disjoint_steps_and_later_steps_move_the_ratios(tiny_model, tiny_config):
+    from trainer_core.config import OptimizerConfig
+
+    config = tiny_config(
+        algorithm="flow-grpo",
+        flow_grpo=FlowGRPOConfig(gradient_steps=2, minibatches=2, beta=0.04),
+        optimizer=OptimizerConfig(learning_rate=1e-2),
+    )
+    trainer = make_trainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
+    rows_seen, stats_seen = [], []
+    minibatch, gradient_step = trainer._minibatch, trainer.gradient_step
+
+    def spy_minibatch(batch):
+        rows, size = minibatch(batch)
+        rows_seen.append(rows.tolist())
+        assert size == 4
+        return rows, size
+
+    def spy_step(batch):
+        stats_seen.append(gradient_step(batch))
+        return stats_seen[-1]
+
+    trainer._minibatch, trainer.gradient_step = spy_minibatch, spy_step
+    metrics = trainer.step()
+    assert len(rows_seen) == 4  # 2 passes x 2 minibatches, one optimiser step each
+    for first, second in (rows_seen[:2], rows_seen[2:]):
+        assert len(first) == len(second) == 4 and sorted(first + second) == list(range(8))
+    assert rows_seen[0] != rows_seen[2]  # a new split at each pass
+    assert stats_seen[0]["ratio_abs_dev"] < 1e-5  # the first step is at theta_old
+    assert min(s["ratio_abs_dev"] for s in stats_seen[1:]) > 10 * max(stats_seen[0]["ratio_abs_dev"], 1e-7)
+    assert metrics["ratio_abs_dev"] == pytest.approx(np.mean([s["ratio_abs_dev"] for s in stats_seen]))

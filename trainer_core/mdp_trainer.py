@@ -65,6 +65,8 @@ class StepBatch:
     trajectory: Trajectory
     advantages: torch.Tensor  # [B]
     mean_ref: dict[int, torch.Tensor]  # step -> reference mean [B, C, H, W], only when beta > 0
+    steps_taken: int = 0  # optimiser steps on this batch so far
+    order: torch.Tensor | None = None  # this pass's shuffled rows, split into the minibatches
 
 
 class FlowGRPOTrainer(GroupTrainer):
@@ -80,7 +82,7 @@ class FlowGRPOTrainer(GroupTrainer):
 
     @property
     def gradient_steps(self) -> int:
-        return self.flow.gradient_steps
+        return self.flow.gradient_steps * self.flow.minibatches
 
     def shape_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
         return advantages.clamp(-self.flow.advantage_clip, self.flow.advantage_clip)
@@ -155,17 +157,36 @@ class FlowGRPOTrainer(GroupTrainer):
                     mean_ref[step] = self.step_mean_std(z, v, step)[0]
         return StepBatch(generation, trace, NO_ADVANTAGES, mean_ref)
 
+    def _minibatch(self, batch: StepBatch) -> tuple[torch.Tensor, int]:
+        """This optimiser step's rows of this rank's batch, and the size of the whole minibatch across
+        ranks: a new random split of the whole batch into `minibatches` at each pass (drawn for the whole
+        batch, so every rank's random stream stays the same)."""
+        k, local = self.flow.minibatches, batch.trajectory.states.shape[1]
+        if k == 1:
+            return torch.arange(local), self.batch_images
+        if batch.steps_taken % k == 0:
+            batch.order = torch.randperm(self.batch_images, generator=self.generator)
+        assert batch.order is not None
+        part = batch.order.tensor_split(k)[batch.steps_taken % k]
+        start = self.batch_rows.start or 0
+        mine = part[(part >= start) & (part < start + local)] - start
+        return mine.sort().values, len(part)
+
     def gradient_step(self, batch: StepBatch) -> dict[str, float]:
-        """Clipped per-step ratios plus the KL to the reference, accumulated over steps and chunks."""
+        """Clipped per-step ratios plus the KL to the reference on one minibatch, accumulated over steps
+        and chunks into one optimiser step."""
         cfg = self.flow
         self.adapter.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         trajectory, embeddings = batch.trajectory, batch.generation.embeddings
-        n, steps = self.batch_images, trajectory.trained_steps  # chunks weighted by their share of the batch
-        totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
+        rows, n = self._minibatch(batch)  # chunks are weighted by their share of the whole minibatch
+        batch.steps_taken += 1
+        steps = trajectory.trained_steps
+        totals = {"loss": 0.0, "ratio_mean": 0.0, "ratio_abs_dev": 0.0, "clip_fraction": 0.0, "kl": 0.0}
         with self.adapter.lora_merged():  # fused: one call per adapted layer
             for step in steps:
-                for part in self.batch_slices(trajectory.states.shape[1]):
+                for chunk in self.batch_slices(len(rows)):
+                    part = rows[chunk]
                     z, z_next = trajectory.states[step][part], trajectory.states[step + 1][part]
                     v = self._velocity(z, step, embeddings[part])
                     mean, std = self.step_mean_std(z, v, step)
@@ -183,6 +204,7 @@ class FlowGRPOTrainer(GroupTrainer):
                     self.backward(loss * weight)
                     totals["loss"] += float(loss.detach()) * weight
                     totals["ratio_mean"] += float(ratio.detach().mean()) * weight
+                    totals["ratio_abs_dev"] += float((ratio.detach() - 1).abs().mean()) * weight
                     totals["clip_fraction"] += clip_fraction * weight
                     totals["kl"] += float(kl.detach()) * weight
         grad_norm = self.optimizer_step()
