@@ -7,6 +7,7 @@ import yaml
 
 from trainer_core.config import (
     ConfigError,
+    DiffusionNFTConfig,
     FlowGRPOConfig,
     LoggingConfig,
     MixGRPOConfig,
@@ -88,6 +89,7 @@ def test_every_field_is_documented_once_in_its_docstring():
         LoggingConfig,
         FlowGRPOConfig,
         MixGRPOConfig,
+        DiffusionNFTConfig,
         ResourcesConfig,
     ):
         docs = field_docs(cls)
@@ -110,6 +112,7 @@ def test_dumped_yaml_has_one_section_per_concern():
         "vgrpo",
         "flow_grpo",
         "mix_grpo",
+        "nft",
         "optimizer",
         "lora",
         "rewards",

@@ -20,6 +20,7 @@ TRAINERS = {
     "vgrpo": "trainer_core.trainer:VGRPOTrainer",
     "flow-grpo": "trainer_core.mdp_trainer:FlowGRPOTrainer",
     "mix-grpo": "trainer_core.mdp_trainer:FlowGRPOTrainer",
+    "diffusion-nft": "trainer_core.nft_trainer:DiffusionNFTTrainer",
     "naive-elbo": "trainer_core.trainer:VGRPOTrainer",  # V-GRPO with its variance reductions off
 }
 ALGORITHMS = tuple(TRAINERS)

@@ -8,6 +8,7 @@
     vgrpo:      {n_mc: 4, ...}                  VGRPOConfig (trainer_core.vgrpo; also naive-elbo)
     flow_grpo:  {noise_level: 0.7, ...}         FlowGRPOConfig (flow-grpo and mix-grpo)
     mix_grpo:   {window_size: 4, ...}           MixGRPOConfig (mix-grpo)
+    nft:        {beta: 1.0, ...}                DiffusionNFTConfig (diffusion-nft)
     optimizer:  {learning_rate: 3e-4, ...}      OptimizerConfig
     lora:       {rank: 32, ...}                 LoraSpec (trainer_core.lora)
     rewards:    {weights: {geneval: 1.0}, ...}  RewardMixConfig (trainer_core.rewards.base)
@@ -206,6 +207,51 @@ class FlowGRPOConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionNFTConfig:
+    """DiffusionNFT (algorithm diffusion-nft): flow matching on the rollouts' clean images, pulled toward an
+    implicit positive policy and away from an implicit negative one (docs/method.md §8).
+
+    beta: strength of the implicit policies v+ = beta v + (1 - beta) v_old, v- = (1 + beta) v_old - beta v
+        (1.0; reference configs 1.0).
+    advantage_clip: advantages are clamped to +-advantage_clip and mapped to an optimality probability
+        r = A / (2 advantage_clip) + 1/2 (5.0; reference 5).
+    timesteps: noise levels drawn per image and pass, stratified in (0, 1) (4; reference: a share of its
+        10 sampling times).
+    gradient_steps: optimiser steps per iteration on the same rollouts (1; reference 1 to 2).
+    old_decay_rate: after each iteration the sampling (old) policy moves toward the trained one,
+        old <- d old + (1 - d) theta with d = min(old_decay_rate x optimiser steps so far, old_decay_max):
+        at first it follows the policy, later it lags (0.001; reference 0.001).
+    old_decay_max: the most d reaches (0.5; reference 0.5).
+    kl_beta: weight of the squared velocity distance to the reference model (LoRA disabled); 0 skips the
+        reference pass (0.0001; reference 0.0001).
+    """
+
+    beta: float = 1.0
+    advantage_clip: float = 5.0
+    timesteps: int = 4
+    gradient_steps: int = 1
+    old_decay_rate: float = 0.001
+    old_decay_max: float = 0.5
+    kl_beta: float = 0.0001
+
+    def __post_init__(self) -> None:
+        if not 0 < self.beta <= 1:
+            raise ConfigError(f"nft.beta: must be in (0, 1], got {self.beta}")
+        if self.advantage_clip <= 0:
+            raise ConfigError(f"nft.advantage_clip: must be positive, got {self.advantage_clip}")
+        for name in ("timesteps", "gradient_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"nft.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.old_decay_rate < 0 or not 0 <= self.old_decay_max < 1:
+            raise ConfigError(
+                f"nft.old_decay_rate, nft.old_decay_max: need a rate >= 0 and a max in [0, 1), got "
+                f"{self.old_decay_rate} and {self.old_decay_max}"
+            )
+        if self.kl_beta < 0:
+            raise ConfigError(f"nft.kl_beta: must be non-negative, got {self.kl_beta}")
+
+
+@dataclass(frozen=True)
 class MixGRPOConfig:
     """MixGRPO's sliding window of stochastic steps (algorithm mix-grpo); the ODE runs elsewhere.
 
@@ -343,6 +389,8 @@ SIZE_LIMITS: dict[str, int] = {
     "vgrpo.gradient_steps": 64,
     "flow_grpo.gradient_steps": 64,
     "flow_grpo.minibatches": 64,
+    "nft.timesteps": 64,
+    "nft.gradient_steps": 64,
     "mix_grpo.window_size": 1000,
     "mix_grpo.window_start": 1000,
     "mix_grpo.window_stride": 1000,
@@ -394,7 +442,7 @@ def _default_rewards() -> RewardMixConfig:
 class TrainConfig:
     """A whole training run.
 
-    algorithm: the RL method: vgrpo, or a baseline flow-grpo, mix-grpo, naive-elbo (vgrpo).
+    algorithm: the RL method: vgrpo, or a baseline flow-grpo, mix-grpo, diffusion-nft, naive-elbo (vgrpo).
     iterations: RL iterations (100).
     time_budget_minutes: wall-clock limit of the training loop; the run ends, as finished, after the
         last iteration that is expected to end within it, and a decaying learning rate follows
@@ -413,6 +461,7 @@ class TrainConfig:
     vgrpo: VGRPOConfig = field(default_factory=VGRPOConfig)
     flow_grpo: FlowGRPOConfig = field(default_factory=FlowGRPOConfig)
     mix_grpo: MixGRPOConfig = field(default_factory=MixGRPOConfig)
+    nft: DiffusionNFTConfig = field(default_factory=DiffusionNFTConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lora: LoraSpec = field(default_factory=LoraSpec)
     rewards: RewardMixConfig = field(default_factory=_default_rewards)

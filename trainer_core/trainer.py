@@ -284,6 +284,22 @@ class GroupTrainer(ABC):
         prompt_per_image = [p for p in mine for _ in range(group_size)]
         return embeddings, prompt_per_image, noise[rows].to(self.adapter.device, self.adapter.dtype)
 
+    @torch.no_grad()
+    def ode_rollouts(self, prompts: list[str]) -> Generation:
+        """G images per prompt from the rollout solver at the current weights (this rank's groups)."""
+        cfg = self.config.rollout
+        self.adapter.denoiser.eval()
+        embeddings, prompt_per_image, noise = self.expand_prompts(prompts)
+        null = self.adapter.encode_prompts([""]) if cfg.guidance_scale != 1.0 else None  # once, not per chunk
+        chunks = []
+        for part in self.batch_slices(len(prompt_per_image)):
+            with self.autocast():
+                chunks.append(
+                    self.adapter.sample(embeddings[part], noise[part], cfg.steps, cfg.solver, cfg.guidance_scale, null)
+                )
+        latents = torch.cat(chunks).to(self.adapter.dtype)
+        return Generation(prompt_per_image, latents, self.adapter.decode(latents), embeddings)
+
     def batch_slices(self, n: int, inputs_per_item: int = 1) -> list[slice]:
         """Slices of n items with at most rollout.batch_size model inputs each."""
         per_chunk = max(1, self.config.rollout.batch_size // inputs_per_item)
@@ -381,20 +397,8 @@ class VGRPOTrainer(GroupTrainer):
     def gradient_steps(self) -> int:
         return self.vgrpo.gradient_steps
 
-    @torch.no_grad()
     def generate(self, prompts: list[str]) -> tuple[Generation, None]:
-        cfg = self.config.rollout
-        self.adapter.denoiser.eval()
-        embeddings, prompt_per_image, noise = self.expand_prompts(prompts)
-        null = self.adapter.encode_prompts([""]) if cfg.guidance_scale != 1.0 else None  # once, not per chunk
-        chunks = []
-        for part in self.batch_slices(len(prompt_per_image)):
-            with self.autocast():
-                chunks.append(
-                    self.adapter.sample(embeddings[part], noise[part], cfg.steps, cfg.solver, cfg.guidance_scale, null)
-                )
-        latents = torch.cat(chunks).to(self.adapter.dtype)
-        return Generation(prompt_per_image, latents, self.adapter.decode(latents), embeddings), None
+        return self.ode_rollouts(prompts), None
 
     def shape_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
         return soft_clip(advantages, self.vgrpo.soft_clip_eta)

@@ -39,6 +39,7 @@ METHOD_PRESETS = {
     "vgrpo": "shapes-geneval",
     "flow-grpo": "shapes-geneval-flow-grpo",
     "mix-grpo": "shapes-geneval-mix-grpo",
+    "diffusion-nft": "shapes-geneval-diffusion-nft",
     "naive-elbo": "shapes-geneval-naive-elbo",
 }
 TARGET_METHOD = "flow-grpo"
