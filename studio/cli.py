@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed = benches.add_parser("speed", help="every method under one wall-clock budget: accuracy vs time")
     speed.add_argument("--budget-minutes", type=float, required=True, help="training time per method and seed")
     speed.add_argument("--seeds", type=int, default=2, help="training seeds per method: 0..N-1")
-    speed.add_argument("--methods", default="vgrpo,flow-grpo,mix-grpo", help="comma-separated; must include flow-grpo")
+    speed.add_argument(
+        "--methods", default="vgrpo,flow-grpo,mix-grpo,diffusion-nft", help="comma-separated; must include flow-grpo"
+    )
     speed.add_argument("--marks", type=int, default=6, help="LoRA snapshots per run, evenly spaced in training time")
     speed.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
     speed.add_argument("--eval-seeds", type=int, default=2)

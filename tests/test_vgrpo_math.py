@@ -1,5 +1,7 @@
 """The mathematics of V-GRPO on small tensors and a tiny model."""
 
+import math
+
 import pytest
 import torch
 
@@ -82,6 +84,8 @@ def test_ratio_clip_stops_the_gradient_beyond_epsilon():
     assert surrogate.grad[:2].abs().max() == 0  # pushed past the clip in the advantage's direction
     assert surrogate.grad[2:].abs().min() > 0
     assert terms.clip_fraction == 0.5
+    expected = (math.exp(0.5) - 1 + 1 - math.exp(-0.5) + math.exp(0.001) - 1 + 1 - math.exp(-0.001)) / 4
+    assert terms.ratio_abs_dev == pytest.approx(expected)
 
 
 def _linear_velocity():

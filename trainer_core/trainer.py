@@ -492,7 +492,7 @@ class VGRPOTrainer(GroupTrainer):
         anchor_old = fill_old and cfg.beta > 0 and cfg.penalty_to == "old"
         olds: list[torch.Tensor] = []
         anchors: list[torch.Tensor] = []
-        totals = {"loss": 0.0, "ratio_mean": 0.0, "clip_fraction": 0.0, "kl": 0.0}
+        totals = {"loss": 0.0, "ratio_mean": 0.0, "ratio_abs_dev": 0.0, "clip_fraction": 0.0, "kl": 0.0}
         for part in self.batch_slices(generation.latents.shape[0], cfg.n_mc):
             s, x_hat = self._surrogate_chunk(
                 generation.latents[part], generation.embeddings[part], batch.t[part], batch.eps[part]
@@ -515,6 +515,7 @@ class VGRPOTrainer(GroupTrainer):
             self.backward(terms.loss * weight)
             totals["loss"] += float(terms.loss.detach()) * weight
             totals["ratio_mean"] += terms.ratio_mean * weight
+            totals["ratio_abs_dev"] += terms.ratio_abs_dev * weight
             totals["clip_fraction"] += terms.clip_fraction * weight
             totals["kl"] += terms.kl * weight
         if fill_old:

@@ -226,6 +226,7 @@ class LossTerms:
     ratio_mean: float
     clip_fraction: float
     kl: float
+    ratio_abs_dev: float = 0.0  # mean |rho - 1|: how far the step has moved the ratios
 
 
 def vgrpo_loss(
@@ -251,7 +252,8 @@ def vgrpo_loss(
     else:
         loss = -objective.mean()
         kl = float(k3_kl(surrogate - surrogate_old))  # without the penalty, estimated from the ratios
-    return LossTerms(loss, float(ratio.detach().mean()), clip_fraction, kl)
+    ratio = ratio.detach()
+    return LossTerms(loss, float(ratio.mean()), clip_fraction, kl, float((ratio - 1).abs().mean()))
 
 
 def within_group_cv(surrogate: torch.Tensor, group_size: int) -> float:
