@@ -164,6 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
         "so far, and rerunning the same command resumes from it",
     )
 
+    tune = benches.add_parser("tune", help="every method's learning rate x two knobs, by one rule and one budget")
+    tune.add_argument("--budget-minutes", type=float, required=True, help="training time per probe and seed")
+    tune.add_argument("--seeds", type=int, default=1, help="training seeds per probe: 0..N-1")
+    tune.add_argument("--methods", default="vgrpo,flow-grpo,mix-grpo,diffusion-nft", help="comma-separated")
+    tune.add_argument("--lr-schedule", default="constant", help="the one schedule every method trains with")
+    tune.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
+    tune.add_argument("--eval-seeds", type=int, default=2)
+    tune.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
+    tune.add_argument("--device", default="auto")
+    tune.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for tuning.json, tuning.md and METHOD.yaml; tuning.progress.json there holds the probes "
+        "finished so far, and rerunning the same command resumes from it",
+    )
+
     ablation = benches.add_parser("ablation", help="V-GRPO's knobs one at a time: accuracy and surrogate CV")
     ablation.add_argument("--iterations", type=int, default=60, help="training iterations per variant")
     ablation.add_argument("--variants", help="comma-separated variant names (default: all)")
@@ -447,6 +464,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     benches = {
         "sampling": bench_sampling,
         "speed": bench_speed,
+        "tune": bench_tune,
         "ablation": bench_ablation,
         "throughput": bench_throughput,
         "rewards": bench_rewards,
@@ -670,6 +688,57 @@ def bench_speed(args: argparse.Namespace) -> None:
     print(write_speed_report(report, args.out))
     progress.unlink(missing_ok=True)  # speed.json now holds every run
     print(f"wrote {args.out}/speed.json, speed.md, accuracy_vs_wall_clock.png")
+
+
+def bench_tune(args: argparse.Namespace) -> None:
+    from studio.bench import write_report
+    from studio.bench.speed import method_configs
+    from studio.bench.tuning import TUNING_KNOBS, tune, write_tuning_report
+    from trainer_core.config import LR_SCHEDULES
+
+    if args.budget_minutes <= 0:
+        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
+    if args.seeds < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
+        raise CliError("--seeds, --eval-per-category, --eval-seeds: must be at least 1")
+    if args.lr_schedule not in LR_SCHEDULES:
+        raise CliError(f"--lr-schedule: must be one of {', '.join(LR_SCHEDULES)}, got {args.lr_schedule!r}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in TUNING_KNOBS]
+    if unknown:
+        raise CliError(f"--methods: no tuning grid for {unknown[0]!r}; allowed: {', '.join(TUNING_KNOBS)}")
+    configs = method_configs(methods, args.model, args.device)
+    settings = {
+        "methods": methods,
+        "budget_minutes": args.budget_minutes,
+        "seeds": args.seeds,
+        "lr_schedule": args.lr_schedule,
+        "eval_per_category": args.eval_per_category,
+        "eval_seeds": args.eval_seeds,
+        "model": args.model,
+    }
+    progress = args.out / "tuning.progress.json"
+    finished = []
+    if progress.exists():
+        previous = json.loads(progress.read_text())
+        if previous.get("settings") != settings:
+            raise CliError(
+                f"{progress}: from a run with other settings ({previous.get('settings')}); use another --out"
+            )
+        finished = previous["probes"]
+    report = tune(
+        configs,
+        args.budget_minutes,
+        list(range(args.seeds)),
+        args.lr_schedule,
+        args.eval_per_category,
+        args.eval_seeds,
+        finished=finished,
+        on_progress=lambda probes: write_report({"settings": settings, "probes": probes}, progress),
+    )
+    write_report({**report, "settings": settings}, args.out / "tuning.json")
+    print(write_tuning_report(report, args.out))
+    progress.unlink(missing_ok=True)
+    print(f"wrote {args.out}/tuning.json, tuning.md and " + ", ".join(f"{m}.yaml" for m in methods))
 
 
 def bench_sampling(args: argparse.Namespace) -> None:
