@@ -215,9 +215,9 @@ class DiffusionNFTConfig:
         (1.0; reference configs 1.0).
     advantage_clip: advantages are clamped to +-advantage_clip and mapped to an optimality probability
         r = A / (2 advantage_clip) + 1/2 (5.0; reference 5).
-    timesteps: noise levels drawn per image and pass, stratified in (0, 1) (4; reference: a share of its
-        10 sampling times).
-    gradient_steps: optimiser steps per iteration on the same rollouts (1; reference 1 to 2).
+    timesteps: noise levels drawn per image and pass, stratified in (0, 1) and time-shifted as the
+        sampling grid (4; the reference trains at its sampling grid's times).
+    gradient_steps: optimiser steps per iteration on the same rollouts (1).
     old_decay_rate: after each iteration the sampling (old) policy moves toward the trained one,
         old <- d old + (1 - d) theta with d = min(old_decay_rate x optimiser steps so far, old_decay_max):
         at first it follows the policy, later it lags (0.001; reference 0.001).
