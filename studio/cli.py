@@ -372,9 +372,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         }.items()
         if v is not None
     }
-    architecture = {"pooled_modulation": True} if args.pooled_modulation else {}
-    if args.coordinate_channels:
-        architecture["coordinate_channels"] = True
+    architecture = {name: True for name in ("pooled_modulation", "coordinate_channels") if getattr(args, name)}
     defaults = PretrainConfig()
     model = dataclasses.replace(defaults.model, **architecture)
     config = dataclasses.replace(defaults, model=model, **overrides)
@@ -719,7 +717,10 @@ def bench_tune(args: argparse.Namespace) -> None:
     progress = args.out / "tuning.progress.json"
     finished = []
     if progress.exists():
-        previous = json.loads(progress.read_text())
+        try:
+            previous = json.loads(progress.read_text())
+        except json.JSONDecodeError as error:
+            raise CliError(f"{progress}: not a progress file ({error}); use another --out") from error
         if previous.get("settings") != settings:
             raise CliError(
                 f"{progress}: from a run with other settings ({previous.get('settings')}); use another --out"
