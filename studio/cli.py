@@ -71,6 +71,18 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: the methods `bench speed` and `bench tune` run unless told otherwise
+BENCH_METHODS = "vgrpo,flow-grpo,mix-grpo,diffusion-nft"
+
+
+def _add_method_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the benchmarks that train every method from its preset share: evaluation, model, device."""
+    parser.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
+    parser.add_argument("--eval-seeds", type=int, default=2)
+    parser.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
+    parser.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgrpo", description="V-GRPO Studio command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,12 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed = benches.add_parser("speed", help="every method under one wall-clock budget: accuracy vs time")
     speed.add_argument("--budget-minutes", type=float, required=True, help="training time per method and seed")
     speed.add_argument("--seeds", type=int, default=2, help="training seeds per method: 0..N-1")
-    speed.add_argument(
-        "--methods", default="vgrpo,flow-grpo,mix-grpo,diffusion-nft", help="comma-separated; must include flow-grpo"
-    )
+    speed.add_argument("--methods", default=BENCH_METHODS, help="comma-separated; must include flow-grpo")
     speed.add_argument("--marks", type=int, default=6, help="LoRA snapshots per run, evenly spaced in training time")
-    speed.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
-    speed.add_argument("--eval-seeds", type=int, default=2)
+    _add_method_bench_arguments(speed)
     speed.add_argument(
         "--config",
         action="append",
@@ -154,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD=FILE.yaml",
         help="train METHOD from this YAML config instead of its preset (repeatable)",
     )
-    speed.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
-    speed.add_argument("--device", default="auto")
     speed.add_argument(
         "--out",
         type=Path,
@@ -167,12 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = benches.add_parser("tune", help="every method's learning rate x two knobs, by one rule and one budget")
     tune.add_argument("--budget-minutes", type=float, required=True, help="training time per probe and seed")
     tune.add_argument("--seeds", type=int, default=1, help="training seeds per probe: 0..N-1")
-    tune.add_argument("--methods", default="vgrpo,flow-grpo,mix-grpo,diffusion-nft", help="comma-separated")
+    tune.add_argument("--methods", default=BENCH_METHODS, help="comma-separated")
     tune.add_argument("--lr-schedule", default="constant", help="the one schedule every method trains with")
-    tune.add_argument("--eval-per-category", type=int, default=20, help="held-out prompts per category")
-    tune.add_argument("--eval-seeds", type=int, default=2)
-    tune.add_argument("--model", help="override the presets' base model (e.g. a tiny test model)")
-    tune.add_argument("--device", default="auto")
+    _add_method_bench_arguments(tune)
     tune.add_argument(
         "--out",
         type=Path,

@@ -116,12 +116,12 @@ def test_an_sde_step_must_run_backwards_in_time():
 
 def test_mixgrpo_window_moves_as_configured():
     mix = MixGRPOConfig(window_size=3, window_start=1, window_stride=2, window_interval=5, window_last_start=1.0)
-    starts = [sde_window(10, iteration, "mix-grpo", mix).start for iteration in range(0, 30)]
+    starts = [sde_window(10, iteration, "mix-grpo", mix, iterations=30).start for iteration in range(0, 30)]
     assert starts[:5] == [1] * 5  # holds for window_interval iterations
     assert starts[5:10] == [3] * 5 and starts[10:15] == [5] * 5
     assert starts[15:] == [7] * 15  # holds at the end: 7 + 3 = 10 steps
-    assert list(sde_window(10, 0, "mix-grpo", mix)) == [1, 2, 3]
-    assert list(sde_window(10, 17, "flow-grpo", mix)) == list(range(10))
+    assert list(sde_window(10, 0, "mix-grpo", mix, iterations=30)) == [1, 2, 3]
+    assert list(sde_window(10, 17, "flow-grpo", mix, iterations=30)) == list(range(10))
 
 
 def test_mixgrpo_window_by_default_spreads_its_moves_over_the_run_and_never_reaches_the_last_steps():

@@ -29,7 +29,7 @@ from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
 from trainer_core.vgrpo import clipped_objective, k3_kl
 
 
-def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig, iterations: int = 1) -> range:
+def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig, iterations: int) -> range:
     """Indices of the rollout steps that are stochastic (and trained) at `iteration` (0-based) of a run of
     `iterations`.
 

@@ -19,7 +19,6 @@ from trainer_core.adapters.base import DenoiserAdapter, PromptEmbeddings
 from trainer_core.config import TrainConfig
 from trainer_core.nft import nft_loss, optimality_probability
 from trainer_core.rewards.base import RewardMix
-from trainer_core.samplers import SOLVER_NFE
 from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
 from trainer_core.vgrpo import stratified_timesteps
 
@@ -150,8 +149,7 @@ class DiffusionNFTTrainer(GroupTrainer):
         return None
 
     def rollout_evaluations(self) -> int:
-        rollout = self.config.rollout
-        return self.guidance_passes * SOLVER_NFE[rollout.solver](rollout.steps)
+        return self.ode_rollout_evaluations()
 
     def training_evaluations(self, batch: NFTBatch) -> int:
         cfg = self.nft

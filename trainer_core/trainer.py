@@ -300,6 +300,11 @@ class GroupTrainer(ABC):
         latents = torch.cat(chunks).to(self.adapter.dtype)
         return Generation(prompt_per_image, latents, self.adapter.decode(latents), embeddings)
 
+    def ode_rollout_evaluations(self) -> int:
+        """NFE of one image of `ode_rollouts`."""
+        rollout = self.config.rollout
+        return self.guidance_passes * SOLVER_NFE[rollout.solver](rollout.steps)
+
     def batch_slices(self, n: int, inputs_per_item: int = 1) -> list[slice]:
         """Slices of n items with at most rollout.batch_size model inputs each."""
         per_chunk = max(1, self.config.rollout.batch_size // inputs_per_item)
@@ -431,8 +436,7 @@ class VGRPOTrainer(GroupTrainer):
         return None  # deterministic rollouts leave nothing beyond the final latents
 
     def rollout_evaluations(self) -> int:
-        rollout = self.config.rollout
-        return self.guidance_passes * SOLVER_NFE[rollout.solver](rollout.steps)
+        return self.ode_rollout_evaluations()
 
     def training_evaluations(self, batch: SurrogateBatch) -> int:
         cfg = self.vgrpo

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from trainer_core.samplers import shift_sigmas
 from trainer_core.shapes.grammar import (
     COLORS,
     MAX_OBJECTS,
@@ -175,8 +176,7 @@ class PromptParseHead(torch.nn.Module):
 
 def training_noise_levels(n: int, generator: torch.Generator, time_shift: float = 1.0) -> torch.Tensor:
     """[n] noise levels t in (0, 1): logit-normal(0, 1), then shifted toward 1 by `time_shift`."""
-    t = torch.sigmoid(torch.randn(n, generator=generator))
-    return time_shift * t / (1 + (time_shift - 1) * t)
+    return shift_sigmas(torch.sigmoid(torch.randn(n, generator=generator)), time_shift)
 
 
 def flow_matching_loss(
