@@ -11,6 +11,7 @@ from PIL import Image
 import studio.bench.speed as speed_module
 from studio.bench.speed import (
     Snapshot,
+    common_level,
     first_reaching,
     judge_target,
     method_configs,
@@ -137,6 +138,47 @@ def test_speedups_at_the_noise_clear_level_are_read_on_the_mean_curves(tmp_path)
     ) in (tmp_path / "speed.md").read_text()
 
 
+def test_the_common_level_is_the_lowest_peak_and_every_cost_is_compared_there(tmp_path):
+    def run(accuracies: list[float], steps_per_mark: int) -> list[Snapshot]:
+        return [Snapshot(i, 60.0 * i, 5 * i, steps_per_mark * i, 1000 * i, 0.0, a) for i, a in enumerate(accuracies)]
+
+    runs = {
+        "vgrpo": [run([0.5, 0.62, 0.7], 4), run([0.5, 0.6, 0.72], 4)],  # mean 0.61 at mark 1
+        "flow-grpo": [run([0.5, 0.56, 0.6], 16), run([0.5, 0.54, 0.62], 16)],  # mean 0.61 at mark 2
+        "diffusion-nft": [run([0.5, 0.9, 0.58], 10), run([0.5, 0.3, 0.6], 10)],  # peaks at 0.6 (mark 1)
+    }
+    target, speedups, summaries = summarize_runs(runs, [0, 1], marks=2)
+    assert common_level(summaries) == pytest.approx(0.6)  # diffusion-nft's peak, below the others'
+    level = speedups_at_level(summaries, common_level(summaries))
+    assert level["time_s"] == {"vgrpo": 60, "flow-grpo": 120, "diffusion-nft": 60}
+    assert level["gradient_steps"] == {"vgrpo": 4, "flow-grpo": 32, "diffusion-nft": 10}
+    assert level["speedup_of_vgrpo"] == {"flow-grpo": pytest.approx(2.0), "diffusion-nft": pytest.approx(1.0)}
+    assert level["gradient_step_ratio_of_vgrpo"] == {
+        "flow-grpo": pytest.approx(8.0),
+        "diffusion-nft": pytest.approx(2.5),
+    }
+    assert level["nfe_ratio_of_vgrpo"] == {"flow-grpo": pytest.approx(2.0), "diffusion-nft": pytest.approx(1.0)}
+
+    judge_target(target, n_images=200, seeds=2)
+    report = {
+        "budget_s": 120,
+        "seeds": [0, 1],
+        "device": "cpu",
+        "target": target,
+        "methods": {m: {**s, "config": {}} for m, s in summaries.items()},
+        "speedup_of_vgrpo": speedups,
+        "common_level": level,
+    }
+    write_speed_report(report, tmp_path)
+    markdown = (tmp_path / "speed.md").read_text()
+    assert "highest level every method's mean curve reaches, 0.600" in markdown
+    assert "| flow-grpo | 120 | 32 | 2000 | 2.0x | 8.0x | 2.0x |" in markdown
+    assert "| diffusion-nft | 60 | 10 | 1000 | 1.0x | 2.5x | 1.0x |" in markdown
+    final_over_base = {m: f"{s['final_accuracy']['mean'] - 0.5:+.3f}" for m, s in summaries.items()}
+    assert final_over_base == {"vgrpo": "+0.210", "flow-grpo": "+0.110", "diffusion-nft": "+0.090"}
+    assert all(f"| {value} |" in markdown for value in final_over_base.values())
+
+
 @pytest.mark.slow
 def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkeypatch):
     evaluations = []
@@ -168,6 +210,10 @@ def test_speed_benchmark_writes_json_plot_and_table(tiny_model, tmp_path, monkey
     level, target = report["noise_clear_level"], report["target"]
     assert level["accuracy"] == pytest.approx(target["base_accuracy"] + 2 * target["standard_error"])
     assert set(level["time_s"]) == {"vgrpo", "flow-grpo", "mix-grpo"}
+    common = report["common_level"]
+    peaks = [max(p["accuracy"] for p in result["mean_curve"][1:]) for result in report["methods"].values()]
+    assert common["accuracy"] == min(peaks)
+    assert all(time is not None for time in common["time_s"].values())
     flow_curve = report["methods"]["flow-grpo"]["mean_curve"]
     assert report["target"]["accuracy"] == max(p["accuracy"] for p in flow_curve[1:])
     if report["target"]["improves_on_base"]:
