@@ -136,6 +136,23 @@ def test_mixgrpo_window_by_default_spreads_its_moves_over_the_run_and_never_reac
     assert max(reference) == 12 and reference.index(1) == 24
 
 
+def test_mixgrpo_window_under_a_time_budget_moves_with_the_clock():
+    # a budgeted run (the benchmarks') has no length in iterations: without the clock its window would
+    # never leave the first steps
+    mix = MixGRPOConfig()
+    unbounded = 10**6
+    starts = [sde_window(10, i, "mix-grpo", mix, unbounded, elapsed_fraction=i / 60).start for i in range(60)]
+    assert starts[0] == 0 and max(starts) == 5 and starts == sorted(starts)
+    assert [starts.index(k) for k in range(6)] == [0, 10, 20, 30, 40, 50]  # six positions, a sixth of the time each
+    assert sde_window(10, 3, "mix-grpo", mix, unbounded, elapsed_fraction=1.0).start == 5  # holds at the end
+    # iterations and clock: whichever is further on
+    assert sde_window(10, 50, "mix-grpo", mix, iterations=60, elapsed_fraction=0.2).start == 5
+    assert sde_window(10, 0, "mix-grpo", mix, iterations=60, elapsed_fraction=0.5).start == 3
+    # a fixed interval counts iterations only
+    fixed = MixGRPOConfig(window_interval=25, window_last_start=1.0)
+    assert sde_window(10, 30, "mix-grpo", fixed, unbounded, elapsed_fraction=0.99).start == 1
+
+
 def test_baseline_configs_name_their_fields():
     with pytest.raises(ConfigError, match=r"flow_grpo\.noise_level"):
         FlowGRPOConfig(noise_level=-1)
@@ -174,6 +191,19 @@ def test_one_iteration_of_each_baseline_trains_only_the_lora(tiny_model, tiny_co
         assert trainer.step()["window_start"] == 1  # window_interval=1: it moved
     if algorithm == "flow-grpo":
         assert first["trained_steps"] == 4
+
+
+def test_a_budgeted_mixgrpo_run_moves_its_window_by_the_time_spent(tiny_model, tiny_config):
+    config = tiny_config(
+        algorithm="mix-grpo",
+        iterations=10**6,  # as the benchmarks run: the time budget stops it
+        rollout=RolloutConfig(prompts_per_iteration=2, group_size=4, steps=4, solver="euler", batch_size=16),
+        mix_grpo=MixGRPOConfig(window_size=2, window_interval=0, window_last_start=1.0),
+    )
+    trainer = make_trainer(load_adapter(tiny_model, "cpu"), RewardMix(builtin_rewards(), config.rewards), config)
+    assert trainer.step(elapsed_fraction=0.0)["window_start"] == 0
+    assert trainer.step(elapsed_fraction=0.5)["window_start"] == 1
+    assert trainer.step(elapsed_fraction=0.9)["window_start"] == 2  # the last start of 4 steps, window 2
 
 
 def test_recomputed_step_log_probs_equal_the_rollouts_at_theta_old(tiny_model, tiny_config):

@@ -258,7 +258,8 @@ class MixGRPOConfig:
     window_size: SDE steps per rollout, all of them trained (4; paper 4 of 25).
     window_start: first step of the window at iteration 0 (0; paper 0).
     window_stride: steps the window moves later each time it moves (1; paper 1).
-    window_interval: iterations between moves; 0 spreads the moves evenly over the run's `iterations`
+    window_interval: iterations between moves; 0 spreads the moves evenly over the run's `iterations`,
+        or over its time budget when the clock is further on (a budgeted benchmark run sets no length)
         (0; paper 25 iterations in a 300-iteration run: the spread gives 24 there).
     window_last_start: the window's start never passes this share of the rollout steps, so the
         low-noise end is never trained: the reference's window moves 12 times in its run and starts

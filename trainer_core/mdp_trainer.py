@@ -29,23 +29,28 @@ from trainer_core.trainer import NO_ADVANTAGES, Generation, GroupTrainer
 from trainer_core.vgrpo import clipped_objective, k3_kl
 
 
-def sde_window(steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig, iterations: int) -> range:
+def sde_window(
+    steps: int, iteration: int, algorithm: str, mix: MixGRPOConfig, iterations: int, elapsed_fraction: float = 0.0
+) -> range:
     """Indices of the rollout steps that are stochastic (and trained) at `iteration` (0-based) of a run of
-    `iterations`.
+    `iterations`, `elapsed_fraction` of whose time budget is spent.
 
     Flow-GRPO: all of them. MixGRPO: `window_size` steps starting at `window_start`, moving
     `window_stride` steps later every `window_interval` iterations (0: as often as spreads the moves
-    over the run) and holding once its start reaches `window_last_start` of the steps.
+    over the run, by iterations or by the time budget, whichever is further on) and holding once its
+    start reaches `window_last_start` of the steps.
     """
     if algorithm != "mix-grpo":
         return range(steps)
     size = min(mix.window_size, steps)
     last = max(mix.window_start, min(steps - size, math.floor(mix.window_last_start * steps)))
-    interval = mix.window_interval
-    if interval == 0:
-        moves = -(-(last - mix.window_start) // max(1, mix.window_stride))  # ceil
-        interval = max(1, -(-iterations // (moves + 1)))
-    start = min(mix.window_start + mix.window_stride * (iteration // interval), last)
+    if mix.window_interval:
+        moved = iteration // mix.window_interval
+    else:
+        positions = 1 + -(-(last - mix.window_start) // max(1, mix.window_stride))  # ceil: moves + 1
+        # a run stopped by its time budget has no known length in iterations: its moves follow the clock
+        moved = max(iteration // max(1, -(-iterations // positions)), math.floor(elapsed_fraction * positions))
+    start = min(mix.window_start + mix.window_stride * moved, last)
     return range(start, start + size)
 
 
@@ -100,7 +105,12 @@ class FlowGRPOTrainer(GroupTrainer):
         self.adapter.denoiser.eval()
         embeddings, prompt_per_image, noise = self.expand_prompts(prompts)
         window = sde_window(
-            cfg.steps, self.iteration, self.config.algorithm, self.config.mix_grpo, self.config.iterations
+            cfg.steps,
+            self.iteration,
+            self.config.algorithm,
+            self.config.mix_grpo,
+            self.config.iterations,
+            self.elapsed_fraction,
         )
         trained = self._trained_steps(window)
         states = [noise.float()]

@@ -105,6 +105,7 @@ class GroupTrainer(ABC):
         self.generator = torch.Generator().manual_seed(config.seed)
         self.prompts = PromptSource(config.rollout.prompts, config.seed)
         self.iteration = 0
+        self.elapsed_fraction = 0.0  # of the run's time budget, as the current step was told
         self.backward_intervals = DeviceIntervals(adapter.device)  # device time in backward passes
         #: wait for the device before reading clocks (benchmarks on CUDA); costs overlap, so off in training
         self.synchronize = False
@@ -156,6 +157,7 @@ class GroupTrainer(ABC):
         """Run one iteration; returns its metrics. `elapsed_fraction`: how much of the run's time budget
         is spent, which the learning-rate schedule follows when it is ahead of the iterations."""
         cfg = self.config
+        self.elapsed_fraction = elapsed_fraction
         times: dict[str, float] = {}
         self.backward_intervals.take()
         started = time.perf_counter()
