@@ -83,6 +83,27 @@ def _add_method_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
+def _add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="METHOD=FILE.yaml",
+        help="train METHOD from this YAML config instead of its preset (repeatable)",
+    )
+
+
+def _config_files(items: list[str]) -> dict[str, Path]:
+    """--config METHOD=FILE.yaml items as method -> file."""
+    files: dict[str, Path] = {}
+    for item in items:
+        method, sep, file = item.partition("=")
+        if not sep or not file:
+            raise CliError(f"--config: expected METHOD=FILE.yaml, got {item!r}")
+        files[method.strip()] = Path(file)
+    return files
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgrpo", description="V-GRPO Studio command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -156,13 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--methods", default=BENCH_METHODS, help="comma-separated; must include flow-grpo")
     speed.add_argument("--marks", type=int, default=6, help="LoRA snapshots per run, evenly spaced in training time")
     _add_method_bench_arguments(speed)
-    speed.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="METHOD=FILE.yaml",
-        help="train METHOD from this YAML config instead of its preset (repeatable)",
-    )
+    _add_config_argument(speed)
     speed.add_argument(
         "--out",
         type=Path,
@@ -183,6 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="directory for tuning.json, tuning.md and METHOD.yaml; tuning.progress.json there holds the probes "
         "finished so far, and rerunning the same command resumes from it",
+    )
+
+    fixes = benches.add_parser(
+        "fixes", help="each fix to the MDP baselines alone: the share of their change it explains"
+    )
+    fixes.add_argument("--budget-minutes", type=float, required=True, help="training time per variant and seed")
+    fixes.add_argument("--seeds", type=int, default=1, help="training seeds per variant: 0..N-1")
+    fixes.add_argument("--methods", default="flow-grpo,mix-grpo", help="comma-separated")
+    fixes.add_argument("--marks", type=int, default=6, help="LoRA snapshots per run, evenly spaced in training time")
+    _add_method_bench_arguments(fixes)
+    _add_config_argument(fixes)
+    fixes.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory for fixes.json and fixes.md; fixes.progress.json there holds the runs finished so far, "
+        "and rerunning the same command resumes from it",
     )
 
     ablation = benches.add_parser("ablation", help="V-GRPO's knobs one at a time: accuracy and surrogate CV")
@@ -467,6 +499,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "sampling": bench_sampling,
         "speed": bench_speed,
         "tune": bench_tune,
+        "fixes": bench_fixes,
         "ablation": bench_ablation,
         "throughput": bench_throughput,
         "rewards": bench_rewards,
@@ -660,12 +693,7 @@ def bench_speed(args: argparse.Namespace) -> None:
     if args.seeds < 1 or args.marks < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
         raise CliError("--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    files: dict[str, Path] = {}
-    for item in args.config:
-        method, sep, file = item.partition("=")
-        if not sep or not file:
-            raise CliError(f"--config: expected METHOD=FILE.yaml, got {item!r}")
-        files[method.strip()] = Path(file)
+    files = _config_files(args.config)
     configs = method_configs(methods, args.model, args.device, files)
     progress = args.out / "speed.progress.json"
     finished = []
@@ -744,6 +772,54 @@ def bench_tune(args: argparse.Namespace) -> None:
     print(write_tuning_report(report, args.out))
     progress.unlink(missing_ok=True)
     print(f"wrote {args.out}/tuning.json, tuning.md and " + ", ".join(f"{m}.yaml" for m in methods))
+
+
+def bench_fixes(args: argparse.Namespace) -> None:
+    from studio.bench import write_report
+    from studio.bench.baseline_fixes import BASELINE_FIXES, fixes_benchmark, write_fixes_report
+    from studio.bench.speed import method_configs
+    from trainer_core.config import to_dict
+
+    if args.budget_minutes <= 0:
+        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
+    if args.seeds < 1 or args.marks < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
+        raise CliError("--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in BASELINE_FIXES]
+    if unknown:
+        raise CliError(f"--methods: no fixes to undo for {unknown[0]!r}; allowed: {', '.join(BASELINE_FIXES)}")
+    configs = method_configs(methods, args.model, args.device, _config_files(args.config))
+    settings = {
+        "budget_minutes": args.budget_minutes,
+        "seeds": args.seeds,
+        "marks": args.marks,
+        "eval_per_category": args.eval_per_category,
+        "eval_seeds": args.eval_seeds,
+        "configs": json.loads(json.dumps({m: to_dict(c) for m, c in configs.items()})),
+    }
+    progress = args.out / "fixes.progress.json"
+    finished = []
+    if progress.exists():
+        try:
+            previous = json.loads(progress.read_text())
+        except json.JSONDecodeError as error:
+            raise CliError(f"{progress}: not a progress file ({error}); use another --out") from error
+        if previous.get("settings") != settings:
+            raise CliError(f"{progress}: from a run with other settings; use another --out")
+        finished = previous["runs"]
+    report = fixes_benchmark(
+        configs,
+        args.budget_minutes,
+        list(range(args.seeds)),
+        args.marks,
+        args.eval_per_category,
+        args.eval_seeds,
+        finished=finished,
+        on_progress=lambda runs: write_report({"settings": settings, "runs": runs}, progress),
+    )
+    print(write_fixes_report({**report, "settings": settings}, args.out))
+    progress.unlink(missing_ok=True)
+    print(f"wrote {args.out}/fixes.json and fixes.md")
 
 
 def bench_sampling(args: argparse.Namespace) -> None:
