@@ -13,6 +13,7 @@ from studio.bench.baseline_fixes import (
     fix_variants,
     fixes_benchmark,
     summarize_variants,
+    variant_changes,
     write_fixes_report,
 )
 from studio.bench.speed import Snapshot, method_configs
@@ -57,6 +58,10 @@ def test_each_variant_is_before_with_exactly_one_fix_in_place(method):
         assert _differing(before, variant) == fixed_fields[name], name
         assert all(_flat(variant)[key] == _flat(preset)[key] for key in fixed_fields[name])
     assert _differing(before, preset) == set().union(*(fixed_fields[name] for name in BASELINE_FIXES[method]))
+    changes = variant_changes(variants)
+    assert changes["before"] == ""
+    assert changes["+minibatches"] == f"flow_grpo.minibatches 1 -> {preset.flow_grpo.minibatches}"
+    assert changes["+kl_units"] == f"flow_grpo.beta 0.4 -> {preset.flow_grpo.beta}"
 
 
 def test_the_former_kl_weight_is_the_same_penalty_in_todays_units():
@@ -93,7 +98,7 @@ def test_a_fixs_share_is_the_part_of_the_after_minus_before_gap_it_recovers(tmp_
         "methods": {"flow-grpo": {"variants": list(rows.values())}},
     }
     markdown = write_fixes_report(report, tmp_path)
-    assert "| +kl_units | 0.560 | 0.570 ± 0.010 | 0.500 | +0.50 |" in markdown
+    assert "| +kl_units | - | 0.560 | 0.570 ± 0.010 | 0.500 | +0.50 |" in markdown
     assert (
         json.loads((tmp_path / "fixes.json").read_text())["methods"]["flow-grpo"]["variants"][0]["variant"] == "before"
     )

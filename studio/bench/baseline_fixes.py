@@ -65,6 +65,25 @@ def fix_variants(method: str, config: TrainConfig) -> dict[str, TrainConfig]:
     return {"before": undone(None), **{f"+{name}": undone(name) for name in fixes}, "after": config}
 
 
+def variant_changes(variants: dict[str, TrainConfig]) -> dict[str, str]:
+    """What each variant sets differently from "before", as `section.field before -> value` items."""
+    before = _flat(variants["before"])
+    changes = {}
+    for name, config in variants.items():
+        flat = _flat(config)
+        changes[name] = ", ".join(f"{key} {before[key]} -> {flat[key]}" for key in flat if flat[key] != before[key])
+    return changes
+
+
+def _flat(config: TrainConfig) -> dict[str, object]:
+    return {
+        f"{section}.{field}": value
+        for section, values in to_dict(config).items()
+        if isinstance(values, dict)
+        for field, value in values.items()
+    }
+
+
 def curve_area(curve: list[dict[str, float]]) -> float:
     """Mean held-out accuracy over the trained marks: how high and how early a run learns."""
     return float(np.mean([p["accuracy"] for p in curve if p["mark"] >= 1]))
@@ -133,8 +152,9 @@ def fixes_benchmark(
             name: [[Snapshot(**p) for p in done[(method, name, seed)]["snapshots"]] for seed in seeds]  # type: ignore[union-attr]
             for name in method_variants
         }
+        changes = variant_changes(method_variants)
         results[method] = {
-            "variants": summarize_variants(runs, marks),
+            "variants": [{**row, "changes": changes[row["variant"]]} for row in summarize_variants(runs, marks)],
             "configs": {name: to_dict(config) for name, config in method_variants.items()},
             "runs": [r for r in done.values() if r["method"] == method],
         }
@@ -151,7 +171,7 @@ def fixes_benchmark(
 
 def fixes_markdown(report: dict[str, object]) -> str:
     """One table per baseline: every variant's accuracy, and the share of the gap each fix recovers."""
-    columns = ["variant", "mean_accuracy_over_marks", "final_accuracy", "last_train_reward", "share_of_gap"]
+    columns = ["variant", "changes", "mean_accuracy_over_marks", "final_accuracy", "last_train_reward", "share_of_gap"]
     sections = [
         f"Budget {report['budget_s']:.0f} s per run, seeds {report['seeds']}, base accuracy "
         f"{report['base_accuracy']:.3f}; held-out accuracy on {report['evaluation']['prompts']} prompts x "  # type: ignore[index]
@@ -162,6 +182,7 @@ def fixes_markdown(report: dict[str, object]) -> str:
         rows = [
             {
                 "variant": row["variant"],
+                "changes": row.get("changes") or "-",
                 "mean_accuracy_over_marks": f"{row['mean_accuracy_over_marks']:.3f}",
                 "final_accuracy": f"{row['final_accuracy']:.3f} ± {row['final_accuracy_std']:.3f}",
                 "last_train_reward": f"{row['last_train_reward']:.3f}",
