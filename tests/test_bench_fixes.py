@@ -48,7 +48,7 @@ def test_each_variant_is_before_with_exactly_one_fix_in_place(method):
         assert not before.rollout.same_noise_in_group
         assert (before.mix_grpo.window_interval, before.mix_grpo.window_last_start) == (25, 1.0)
     fixed_fields = {
-        "kl_units": {"flow_grpo.beta"},
+        "kl": {"flow_grpo.beta"},
         "minibatches": {"flow_grpo.minibatches"},
         "same_noise_in_group": {"rollout.same_noise_in_group"},
         "window_schedule": {"mix_grpo.window_interval", "mix_grpo.window_last_start"},
@@ -61,7 +61,7 @@ def test_each_variant_is_before_with_exactly_one_fix_in_place(method):
     changes = variant_changes(variants)
     assert changes["before"] == ""
     assert changes["+minibatches"] == f"flow_grpo.minibatches 1 -> {preset.flow_grpo.minibatches}"
-    assert changes["+kl_units"] == f"flow_grpo.beta 0.4 -> {preset.flow_grpo.beta}"
+    assert changes["+kl"] == f"flow_grpo.beta 0.4 -> {preset.flow_grpo.beta}"
 
 
 def test_the_former_kl_weight_is_the_same_penalty_in_todays_units():
@@ -81,13 +81,13 @@ def _run(accuracies: list[float], reward: float = 0.5) -> list[Snapshot]:
 def test_a_fixs_share_is_the_part_of_the_after_minus_before_gap_it_recovers(tmp_path):
     runs = {
         "before": [_run([0.5, 0.5, 0.52]), _run([0.5, 0.52, 0.5])],  # mean over marks 0.51
-        "+kl_units": [_run([0.5, 0.56, 0.58]), _run([0.5, 0.54, 0.56])],  # 0.56
+        "+kl": [_run([0.5, 0.56, 0.58]), _run([0.5, 0.54, 0.56])],  # 0.56
         "+minibatches": [_run([0.5, 0.48, 0.5]), _run([0.5, 0.5, 0.5])],  # 0.495
         "after": [_run([0.5, 0.58, 0.62], 0.8), _run([0.5, 0.6, 0.64], 0.8)],  # 0.61
     }
     rows = {row["variant"]: row for row in summarize_variants(runs, marks=2)}
     assert rows["before"]["share_of_gap"] == 0 and rows["after"]["share_of_gap"] == pytest.approx(1)
-    assert rows["+kl_units"]["share_of_gap"] == pytest.approx(0.5)
+    assert rows["+kl"]["share_of_gap"] == pytest.approx(0.5)
     assert rows["+minibatches"]["share_of_gap"] == pytest.approx(-0.15)
     assert rows["after"]["final_accuracy"] == pytest.approx(0.63) and rows["after"]["last_train_reward"] == 0.8
     report = {
@@ -98,7 +98,7 @@ def test_a_fixs_share_is_the_part_of_the_after_minus_before_gap_it_recovers(tmp_
         "methods": {"flow-grpo": {"variants": list(rows.values())}},
     }
     markdown = write_fixes_report(report, tmp_path)
-    assert "| +kl_units | - | 0.560 | 0.570 ± 0.010 | 0.500 | +0.50 |" in markdown
+    assert "| +kl | - | 0.560 | 0.570 ± 0.010 | 0.500 | +0.50 |" in markdown
     assert (
         json.loads((tmp_path / "fixes.json").read_text())["methods"]["flow-grpo"]["variants"][0]["variant"] == "before"
     )
@@ -115,7 +115,7 @@ def test_every_variant_trains_is_evaluated_and_an_interrupted_run_resumes(tiny_m
         on_progress=saved.append, log=lambda _: None,
     )  # fmt: skip
     result = report["methods"]["flow-grpo"]
-    assert [row["variant"] for row in result["variants"]] == ["before", "+kl_units", "+minibatches", "after"]
+    assert [row["variant"] for row in result["variants"]] == ["before", "+kl", "+minibatches", "after"]
     assert result["configs"]["before"]["flow_grpo"]["minibatches"] == 1
     for run in result["runs"]:
         snapshots = run["snapshots"]

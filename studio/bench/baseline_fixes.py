@@ -38,11 +38,11 @@ def previous_kl(config: TrainConfig) -> dict[str, object]:
 #: method -> fix -> the overrides that undo it
 BASELINE_FIXES: dict[str, dict[str, Callable[[TrainConfig], dict[str, object]]]] = {
     "flow-grpo": {
-        "kl_units": previous_kl,
+        "kl": previous_kl,
         "minibatches": lambda config: {"flow_grpo.minibatches": 1},
     },
     "mix-grpo": {
-        "kl_units": previous_kl,  # the reference has none; ours had flow-grpo's, in the old units
+        "kl": previous_kl,  # the reference has no KL; ours had Flow-GRPO's, at the former strength
         "minibatches": lambda config: {"flow_grpo.minibatches": 1},
         "same_noise_in_group": lambda config: {"rollout.same_noise_in_group": False},
         "window_schedule": lambda config: {"mix_grpo.window_interval": 25, "mix_grpo.window_last_start": 1.0},
@@ -51,7 +51,8 @@ BASELINE_FIXES: dict[str, dict[str, Callable[[TrainConfig], dict[str, object]]]]
 
 
 def fix_variants(method: str, config: TrainConfig) -> dict[str, TrainConfig]:
-    """ "before" (every fix undone), "+FIX" (only that fix in place) for each fix, and "after" (`config`)."""
+    """The runs to compare: "before" (every fix undone), "+FIX" (only FIX in place) for each fix, and
+    "after" (`config`)."""
     fixes = BASELINE_FIXES[method]
     undo = {name: undo_fix(config) for name, undo_fix in fixes.items()}
 
