@@ -720,6 +720,20 @@ def bench_speed(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/speed.json, speed.md, accuracy_vs_wall_clock.png")
 
 
+def _finished_so_far(progress: Path, settings: dict[str, object], key: str) -> list[dict[str, object]]:
+    """The `key` entries of an interrupted benchmark's progress file, refused when it ran with other
+    settings (the file is left as it is); none when there is no file."""
+    if not progress.exists():
+        return []
+    try:
+        previous = json.loads(progress.read_text())
+    except json.JSONDecodeError as error:
+        raise CliError(f"{progress}: not a progress file ({error}); use another --out") from error
+    if previous.get("settings") != settings:
+        raise CliError(f"{progress}: from a run with other settings ({previous.get('settings')}); use another --out")
+    return list(previous[key])
+
+
 def bench_tune(args: argparse.Namespace) -> None:
     from studio.bench import write_report
     from studio.bench.speed import method_configs
@@ -747,17 +761,7 @@ def bench_tune(args: argparse.Namespace) -> None:
         "model": args.model,
     }
     progress = args.out / "tuning.progress.json"
-    finished = []
-    if progress.exists():
-        try:
-            previous = json.loads(progress.read_text())
-        except json.JSONDecodeError as error:
-            raise CliError(f"{progress}: not a progress file ({error}); use another --out") from error
-        if previous.get("settings") != settings:
-            raise CliError(
-                f"{progress}: from a run with other settings ({previous.get('settings')}); use another --out"
-            )
-        finished = previous["probes"]
+    finished = _finished_so_far(progress, settings, "probes")
     report = tune(
         configs,
         args.budget_minutes,
@@ -798,15 +802,7 @@ def bench_fixes(args: argparse.Namespace) -> None:
         "configs": json.loads(json.dumps({m: to_dict(c) for m, c in configs.items()})),
     }
     progress = args.out / "fixes.progress.json"
-    finished = []
-    if progress.exists():
-        try:
-            previous = json.loads(progress.read_text())
-        except json.JSONDecodeError as error:
-            raise CliError(f"{progress}: not a progress file ({error}); use another --out") from error
-        if previous.get("settings") != settings:
-            raise CliError(f"{progress}: from a run with other settings; use another --out")
-        finished = previous["runs"]
+    finished = _finished_so_far(progress, settings, "runs")
     report = fixes_benchmark(
         configs,
         args.budget_minutes,
