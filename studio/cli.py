@@ -688,10 +688,7 @@ def bench_speed(args: argparse.Namespace) -> None:
         write_speed_report,
     )
 
-    if args.budget_minutes <= 0:
-        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
-    if args.seeds < 1 or args.marks < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
-        raise CliError("--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1")
+    _check_budgeted_arguments(args, "seeds", "marks", "eval_per_category", "eval_seeds")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     files = _config_files(args.config)
     configs = method_configs(methods, args.model, args.device, files)
@@ -720,6 +717,14 @@ def bench_speed(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/speed.json, speed.md, accuracy_vs_wall_clock.png")
 
 
+def _check_budgeted_arguments(args: argparse.Namespace, *counts: str) -> None:
+    """The wall-clock benchmarks' arguments: a positive --budget-minutes and each of `counts` at least 1."""
+    if args.budget_minutes <= 0:
+        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
+    if any(getattr(args, name) < 1 for name in counts):
+        raise CliError(", ".join("--" + name.replace("_", "-") for name in counts) + ": must be at least 1")
+
+
 def _finished_so_far(progress: Path, settings: dict[str, object], key: str) -> list[dict[str, object]]:
     """The `key` entries of an interrupted benchmark's progress file, refused when it ran with other
     settings (the file is left as it is); none when there is no file."""
@@ -740,10 +745,7 @@ def bench_tune(args: argparse.Namespace) -> None:
     from studio.bench.tuning import TUNING_KNOBS, tune, write_tuning_report
     from trainer_core.config import LR_SCHEDULES
 
-    if args.budget_minutes <= 0:
-        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
-    if args.seeds < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
-        raise CliError("--seeds, --eval-per-category, --eval-seeds: must be at least 1")
+    _check_budgeted_arguments(args, "seeds", "eval_per_category", "eval_seeds")
     if args.lr_schedule not in LR_SCHEDULES:
         raise CliError(f"--lr-schedule: must be one of {', '.join(LR_SCHEDULES)}, got {args.lr_schedule!r}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -784,10 +786,7 @@ def bench_fixes(args: argparse.Namespace) -> None:
     from studio.bench.speed import method_configs
     from trainer_core.config import to_dict
 
-    if args.budget_minutes <= 0:
-        raise CliError(f"--budget-minutes: must be positive, got {args.budget_minutes}")
-    if args.seeds < 1 or args.marks < 1 or args.eval_per_category < 1 or args.eval_seeds < 1:
-        raise CliError("--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1")
+    _check_budgeted_arguments(args, "seeds", "marks", "eval_per_category", "eval_seeds")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in BASELINE_FIXES]
     if unknown:

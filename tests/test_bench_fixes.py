@@ -138,6 +138,8 @@ def test_every_variant_trains_is_evaluated_and_an_interrupted_run_resumes(tiny_m
 def test_the_cli_refuses_bad_arguments_and_a_progress_file_from_other_settings(tmp_path, capsys):
     assert main(["bench", "fixes", "--budget-minutes", "0", "--out", str(tmp_path)]) == 2
     assert "--budget-minutes: must be positive" in capsys.readouterr().err
+    assert main(["bench", "fixes", "--budget-minutes", "1", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds, --marks, --eval-per-category, --eval-seeds: must be at least 1" in capsys.readouterr().err
     assert main(["bench", "fixes", "--budget-minutes", "1", "--methods", "vgrpo", "--out", str(tmp_path)]) == 2
     assert "--methods: no fixes to undo for 'vgrpo'; allowed: flow-grpo, mix-grpo" in capsys.readouterr().err
     progress = tmp_path / "fixes.progress.json"
