@@ -1,0 +1,34 @@
+"""Write the four configs of this run: each method's preset with the overrides of the tuning probe
+that won (`vgrpo bench tune --budget-minutes 3`, probe numbers as in the README's table):
+
+    python bench/results/speed-6min-fair/configs.py OUT_DIR
+
+Run at the commit this directory was added in (the grid is built from the presets' learning rates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from studio.bench.speed import method_configs
+from studio.bench.tuning import TUNING_KNOBS, tuning_grid, with_overrides
+from trainer_core.config import dump_config
+
+#: method -> the winning probe's index in its grid (learning rate outermost, then knob 1, then knob 2)
+CHOSEN_PROBE = {"vgrpo": 3, "flow-grpo": 1, "mix-grpo": 2, "diffusion-nft": 1}
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for method, preset in method_configs(list(CHOSEN_PROBE)).items():
+        constant = dataclasses.replace(preset.optimizer, lr_schedule="constant")  # the tuning's one schedule
+        base = dataclasses.replace(preset, optimizer=constant)
+        overrides = tuning_grid(base, TUNING_KNOBS[method])[CHOSEN_PROBE[method]]
+        (out / f"{method}.yaml").write_text(dump_config(with_overrides(base, overrides)))
+        print(method, overrides)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
