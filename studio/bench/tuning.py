@@ -49,6 +49,11 @@ def tuning_grid(
     ]
 
 
+def with_lr_schedule(config: TrainConfig, lr_schedule: str) -> TrainConfig:
+    """`config` with the learning-rate schedule every probe of a tuning run shares."""
+    return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, lr_schedule=lr_schedule))
+
+
 def with_overrides(config: TrainConfig, overrides: dict[str, object]) -> TrainConfig:
     """`config` with dotted `section.field` values replaced (validated as any config is)."""
     data = to_dict(config)
@@ -81,8 +86,7 @@ def tune(
     done = {(str(p["method"]), int(p["probe"]), int(p["seed"])): p for p in finished or []}  # type: ignore[call-overload]
     results: dict[str, object] = {}
     for method, preset in configs.items():
-        schedule = dataclasses.replace(preset.optimizer, lr_schedule=lr_schedule)
-        base = dataclasses.replace(preset, optimizer=schedule)
+        base = with_lr_schedule(preset, lr_schedule)
         probes, grid = [], tuning_grid(base, knobs[method], lr_factors)
         for index, overrides in enumerate(grid):
             config = with_overrides(base, overrides)

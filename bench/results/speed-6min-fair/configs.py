@@ -8,12 +8,11 @@ Run at the commit this directory was added in (the grid is built from the preset
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 from studio.bench.speed import method_configs
-from studio.bench.tuning import TUNING_KNOBS, tuning_grid, with_overrides
+from studio.bench.tuning import TUNING_KNOBS, tuning_grid, with_lr_schedule, with_overrides
 from trainer_core.config import dump_config
 
 #: method -> the winning probe's index in its grid (learning rate outermost, then knob 1, then knob 2)
@@ -23,8 +22,7 @@ CHOSEN_PROBE = {"vgrpo": 3, "flow-grpo": 1, "mix-grpo": 2, "diffusion-nft": 1}
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for method, preset in method_configs(list(CHOSEN_PROBE)).items():
-        constant = dataclasses.replace(preset.optimizer, lr_schedule="constant")  # the tuning's one schedule
-        base = dataclasses.replace(preset, optimizer=constant)
+        base = with_lr_schedule(preset, "constant")  # the tuning's one schedule
         overrides = tuning_grid(base, TUNING_KNOBS[method])[CHOSEN_PROBE[method]]
         (out / f"{method}.yaml").write_text(dump_config(with_overrides(base, overrides)))
         print(method, overrides)
