@@ -17,7 +17,8 @@ def test_every_method_gets_the_same_kind_of_grid():
     grid = tuning_grid(preset, TUNING_KNOBS["flow-grpo"])
     assert len(grid) == 12
     rates = sorted({probe["optimizer.learning_rate"] for probe in grid})
-    assert rates == pytest.approx([5e-4, 1e-3, 2e-3])
+    preset_rate = preset.optimizer.learning_rate
+    assert rates == pytest.approx([preset_rate / 2, preset_rate, 2 * preset_rate])
     assert {(p["flow_grpo.clip_epsilon"], p["flow_grpo.beta"]) for p in grid} == {
         (1e-4, 0.0),
         (1e-4, 0.04),
@@ -25,7 +26,11 @@ def test_every_method_gets_the_same_kind_of_grid():
         (1e-3, 0.04),
     }
     tuned = with_overrides(preset, grid[-1])
-    assert (tuned.optimizer.learning_rate, tuned.flow_grpo.clip_epsilon, tuned.flow_grpo.beta) == (2e-3, 1e-3, 0.04)
+    assert (tuned.optimizer.learning_rate, tuned.flow_grpo.clip_epsilon, tuned.flow_grpo.beta) == (
+        2 * preset_rate,
+        1e-3,
+        0.04,
+    )
     with pytest.raises(ConfigError, match=r"flow_grpo\.minibatches"):
         with_overrides(preset, {"flow_grpo.minibatches": 0})
 
